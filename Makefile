@@ -1,0 +1,42 @@
+# Both entry points create the virtual environment themselves (see README).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export WANDB_MODE ?= offline
+export YOLO_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv demo test lint format bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/gemkr-lab demo --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check gemkr_lab tests benchmarks
+	$(BIN)/ruff format --check gemkr_lab tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format gemkr_lab tests benchmarks
+	$(BIN)/ruff check --fix gemkr_lab tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/index_bench.py --docs 10000 100000 1000000
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,128 @@
+"""The `gemkr-lab` command line: each verb parses its arguments and calls one library function."""
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _index_build(args: argparse.Namespace) -> int:
+    from gemkr_lab.kb.from_corpus import build_index_from_corpus
+    from gemkr_lab.kb.inspect import index_stats
+
+    shards = args.shards if args.shards == "auto" else int(args.shards)
+    index = build_index_from_corpus(
+        args.corpus,
+        args.tokenizer,
+        args.out,
+        backend=args.backend,
+        shards=shards,
+        dedup=args.dedup,
+        prepend_title=args.prepend_title,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
+    _print(index_stats(index), args.json)
+    return 0
+
+
+def _index_stats(args: argparse.Namespace) -> int:
+    from gemkr_lab.kb import open_index
+    from gemkr_lab.kb.inspect import index_stats
+
+    _print(index_stats(open_index(args.index, verify=args.verify)), args.json)
+    return 0
+
+
+def _index_query(args: argparse.Namespace) -> int:
+    from gemkr_lab.kb import open_index
+    from gemkr_lab.kb.inspect import query_index
+    from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint
+
+    index = open_index(args.index, verify=False)
+    tok_path = args.tokenizer or index.meta.get("extra", {}).get("tokenizer_path")
+    if not tok_path:
+        raise ValueError(f"{args.index}: no tokenizer recorded in the index; pass --tokenizer DIR")
+    tok = load_tokenizer(tok_path)
+    index = open_index(args.index, tokenizer_fingerprint=tokenizer_fingerprint(tok), verify=False)
+    result = query_index(index, tok, args.text, limit=args.limit)
+    if args.json:
+        _print(result, True)
+        return 0
+    print(f"{result['text']!r} -> {result['tokens']}  count={result['count']}")
+    print(f"continuations ({result['n_continuations']}): " + " ".join(c["token"] for c in result["continuations"]))
+    for d in result["documents"]:
+        print(f"  [{d['id']}] {d['snippet']}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gemkr_lab.kb.demo import run_index_demo
+
+    run_index_demo(args.out)
+    return 0
+
+
+def _print(payload: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(payload, indent=2, sort_keys=True))
+    else:
+        width = max(len(k) for k in payload)
+        for k, v in payload.items():
+            print(f"{k:<{width}}  {v}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every verb."""
+    parser = argparse.ArgumentParser(prog="gemkr-lab", description=__doc__)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    index = verbs.add_parser("index", help="build and inspect knowledge-base indexes")
+    index_verbs = index.add_subparsers(dest="index_verb", required=True)
+    build = index_verbs.add_parser("build", help="tokenise a corpus file and index it")
+    build.add_argument("corpus", help="corpus file: .csv (kid|id,text), .tsv (DPR id,text,title) or .jsonl")
+    build.add_argument("--tokenizer", required=True, help="local Hugging Face tokenizer directory")
+    build.add_argument("--out", required=True, help="index directory to create")
+    build.add_argument("--backend", choices=["sa", "fm"], default="fm", help="suffix array or FM-index")
+    build.add_argument("--shards", default="1", help="number of shards, or 'auto' (cut at the sort limit)")
+    build.add_argument("--no-dedup", dest="dedup", action="store_false", help="index duplicate texts again")
+    build.add_argument("--prepend-title", action="store_true", help="index 'title. text' (DPR passages)")
+    build.add_argument("--batch-size", type=int, default=1024, help="passages per tokenizer call")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
+    build.add_argument("--json", action="store_true", help="print the summary as JSON")
+    build.set_defaults(func=_index_build)
+
+    stats = index_verbs.add_parser("stats", help="sizes and provenance of an index")
+    stats.add_argument("index")
+    stats.add_argument("--verify", action="store_true", help="also check every file's checksum")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(func=_index_stats)
+
+    query = index_verbs.add_parser("query", help="count, continuations and documents of a text")
+    query.add_argument("index")
+    query.add_argument("--text", required=True)
+    query.add_argument("--tokenizer", help="tokenizer directory (default: the one the index was built with)")
+    query.add_argument("--limit", type=int, default=10, help="documents to show")
+    query.add_argument("--json", action="store_true")
+    query.set_defaults(func=_index_query)
+
+    demo = verbs.add_parser("demo", help="the main job on embedded defaults")
+    demo.add_argument("--out", default="runs/demo")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb; errors are printed as one line on stderr with a non-zero exit."""
+    from gemkr_lab.kb.errors import KBError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (KBError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        print(f"gemkr-lab: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Numba kernels of the FM-index backend: a wavelet matrix over the BWT of the reversed text.
+
+Indexing the *reversed* text makes backward search consume a clue left to right, and the distinct BWT
+symbols of a clue's row range are exactly the tokens that *follow* it (as in SEAL). Row 0 is the empty
+suffix; the BWT holds the sentinel symbol 0 exactly once. A row range `[lo, hi)` is a beam's whole state.
+
+Wavelet matrix layout: `bits[l]` packs bit `nlev-1-l` of the level-`l` sequence into uint64 words,
+`ranks[l, b]` counts the ones before 256-bit block `b`, `Z[l]` counts the zeros of level `l`, and
+`start_of[c]` is where symbol `c`'s run begins in the final (fully partitioned) order.
+"""
+
+import numba as nb
+import numpy as np
+
+_M1 = np.uint64(0x5555555555555555)
+_M2 = np.uint64(0x3333333333333333)
+_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_H01 = np.uint64(0x0101010101010101)
+
+
+@nb.njit(cache=True, inline="always")
+def _popcount(x):
+    x = x - ((x >> np.uint64(1)) & _M1)
+    x = (x & _M2) + ((x >> np.uint64(2)) & _M2)
+    x = (x + (x >> np.uint64(4))) & _M4
+    return np.int64((x * _H01) >> np.uint64(56))
+
+
+@nb.njit(cache=True, inline="always")
+def rank1(bits, ranks, lvl, i):
+    """Number of ones in `bits[lvl][0:i)`."""
+    w = i >> 6
+    blk = w >> 2
+    r = np.int64(ranks[lvl, blk])
+    for j in range(blk << 2, w):
+        r += _popcount(bits[lvl, j])
+    rem = i & 63
+    if rem:
+        r += _popcount(bits[lvl, w] & ((np.uint64(1) << np.uint64(rem)) - np.uint64(1)))
+    return r
+
+
+@nb.njit(cache=True, inline="always")
+def rank_sym(bits, ranks, Z, start_of, c, i):
+    """Occurrences of symbol `c` in `BWT[0:i)`."""
+    nlev = bits.shape[0]
+    for lvl in range(nlev):
+        r1 = rank1(bits, ranks, lvl, i)
+        if (c >> (nlev - 1 - lvl)) & 1:
+            i = Z[lvl] + r1
+        else:
+            i = i - r1
+    return i - start_of[c]
+
+
+@nb.njit(cache=True, inline="always")
+def backward_step(bits, ranks, Z, start_of, C, lo, hi, c):
+    """Range of the clue extended on the right by symbol `c` (an empty range when it does not occur)."""
+    if c < 1 or c >= C.shape[0] - 1 or C[c + 1] == C[c] or lo >= hi:
+        return lo, lo
+    return (
+        C[c] + rank_sym(bits, ranks, Z, start_of, c, lo),
+        C[c] + rank_sym(bits, ranks, Z, start_of, c, hi),
+    )
+
+
+@nb.njit(cache=True, inline="always")
+def lf(bits, ranks, Z, start_of, C, i):
+    """`(BWT[i], LF(i))` in one top-down pass: the next token in text order and the row that reads on."""
+    nlev = bits.shape[0]
+    v = 0
+    for lvl in range(nlev):
+        r1 = rank1(bits, ranks, lvl, i)
+        if (bits[lvl, i >> 6] >> np.uint64(i & 63)) & np.uint64(1):
+            i = Z[lvl] + r1
+            v = (v << 1) | 1
+        else:
+            i = i - r1
+            v = v << 1
+    return v, C[v] + (i - start_of[v])
+
+
+@nb.njit(cache=True)
+def range_symbols(bits, ranks, Z, lo, hi, out_sym, out_cnt, k, mode):
+    """Distinct BWT symbols of rows `[lo, hi)` in ascending order (the sentinel 0 dropped), from `out[k:]`.
+
+    `mode` as in the suffix-array kernel: 0 counts, 1 writes symbols, 2 symbols and counts.
+    An iterative DFS over the matrix visits O(k log(sigma / k)) nodes.
+    """
+    nlev = bits.shape[0]
+    sa = np.empty(2 * nlev + 2, dtype=np.int64)
+    sb = np.empty(2 * nlev + 2, dtype=np.int64)
+    sl = np.empty(2 * nlev + 2, dtype=np.int64)
+    sv = np.empty(2 * nlev + 2, dtype=np.int64)
+    top = 0
+    sa[0] = lo
+    sb[0] = hi
+    sl[0] = 0
+    sv[0] = 0
+    top = 1
+    while top > 0:
+        top -= 1
+        a = sa[top]
+        b = sb[top]
+        lvl = sl[top]
+        v = sv[top]
+        if lvl == nlev:
+            if v > 0:
+                if mode > 0:
+                    out_sym[k] = v
+                if mode > 1:
+                    out_cnt[k] = b - a
+                k += 1
+            continue
+        ra = rank1(bits, ranks, lvl, a)
+        rb = rank1(bits, ranks, lvl, b)
+        # push the one-child first so that the zero-child pops first: ascending output
+        if rb > ra:
+            sa[top] = Z[lvl] + ra
+            sb[top] = Z[lvl] + rb
+            sl[top] = lvl + 1
+            sv[top] = (v << 1) | 1
+            top += 1
+        if (b - rb) > (a - ra):
+            sa[top] = a - ra
+            sb[top] = b - rb
+            sl[top] = lvl + 1
+            sv[top] = v << 1
+            top += 1
+    return k
+
+
+@nb.njit(cache=True)
+def advance_batch(bits, ranks, Z, start_of, C, lo, hi, sym, out_lo, out_hi):
+    """One backward-search step per state."""
+    for j in range(lo.shape[0]):
+        a, b = backward_step(bits, ranks, Z, start_of, C, lo[j], hi[j], sym[j])
+        out_lo[j] = a
+        out_hi[j] = b
+
+
+@nb.njit(cache=True)
+def followers_batch(bits, ranks, Z, lo, hi, ptr, out_sym, out_cnt):
+    """CSR of the distinct followers of every state."""
+    k = 0
+    ptr[0] = 0
+    for j in range(lo.shape[0]):
+        if lo[j] < hi[j]:
+            k = range_symbols(bits, ranks, Z, lo[j], hi[j], out_sym, out_cnt, k, 2)
+        ptr[j + 1] = k
+
+
+@nb.njit(cache=True)
+def check_batch(bits, ranks, Z, start_of, C, lo, hi, cand, out):
+    """Occurrence counts of each state's clue extended by each candidate symbol (0: not in the KB)."""
+    for j in range(cand.shape[0]):
+        for m in range(cand.shape[1]):
+            a, b = backward_step(bits, ranks, Z, start_of, C, lo[j], hi[j], cand[j, m])
+            out[j, m] = b - a
+
+
+@nb.njit(cache=True)
+def bigram_table(bits, ranks, Z, C, dtype_probe):
+    """Distinct followers of every single symbol, as CSR over symbols (the depth-1 cache)."""
+    sigma = C.shape[0] - 2
+    ptr = np.zeros(sigma + 2, dtype=np.int64)
+    none = np.empty(0, dtype=np.int64)
+    k = 0
+    for c in range(0, sigma + 1):
+        if c > 0 and C[c + 1] > C[c]:
+            k = range_symbols(bits, ranks, Z, C[c], C[c + 1], none, none, k, 0)
+        ptr[c + 1] = k
+    sym = np.empty(k, dtype=dtype_probe.dtype)
+    for c in range(1, sigma + 1):
+        if C[c + 1] > C[c]:
+            range_symbols(bits, ranks, Z, C[c], C[c + 1], sym, none, ptr[c], 1)
+    return ptr, sym
+
+
+@nb.njit(cache=True)
+def locate_docs(bits, ranks, Z, start_of, C, eos_doc, eos, lo, hi, limit):
+    """Documents of the occurrences in rows `[lo, lo + limit)`, unsorted, one entry per occurrence.
+
+    Instead of sampled suffix-array values, each occurrence walks forward in text order (LF steps) to the
+    EOS that ends its document; the EOS rows form one block `[C[eos], C[eos + 1])` and `eos_doc` maps that
+    block to documents. This costs the distance to the document's end and no space beyond 4 B/document.
+    """
+    end = min(hi, lo + limit)
+    out = np.empty(max(end - lo, 0), dtype=np.int64)
+    e0 = C[eos]
+    e1 = C[eos + 1]
+    for j in range(lo, end):
+        row = j
+        while row < e0 or row >= e1:
+            c, nxt = lf(bits, ranks, Z, start_of, C, row)
+            if c == 0:  # the sentinel: past the last document; cannot happen for a valid row
+                break
+            row = nxt
+        out[j - lo] = eos_doc[row - e0] if e0 <= row < e1 else -1
+    return out
+
+
+@nb.njit(cache=True)
+def extract_doc(bits, ranks, Z, start_of, C, eos, row, out):
+    """Read a document's symbols forward from the row that precedes it; returns how many were written."""
+    k = 0
+    while True:
+        c, nxt = lf(bits, ranks, Z, start_of, C, row)
+        if c == eos or c == 0:
+            return k
+        if k >= out.shape[0]:
+            return -1
+        out[k] = c
+        k += 1
+        row = nxt
+
+
+# ---- construction ----------------------------------------------------------------------------------
+
+
+@nb.njit(cache=True)
+def bwt_from_sa(R, SA, out):
+    """`out[0] = R[n-1]` (the empty suffix's row), `out[1 + j] = R[SA[j] - 1]` or the sentinel 0."""
+    n = R.shape[0]
+    out[0] = R[n - 1]
+    for j in range(n):
+        p = SA[j]
+        out[j + 1] = R[p - 1] if p > 0 else 0
+
+
+@nb.njit(cache=True)
+def eos_rows_to_docs(SA, C, eos, eos_pos, out):
+    """For the rows of suffixes starting with EOS, the document that EOS terminates.
+
+    `eos_pos[d]` is the text position of document d's EOS; the reversed text puts it at `n - 1 - pos`.
+    """
+    n = SA.shape[0]
+    e0 = C[eos]
+    for r in range(C[eos], C[eos + 1]):
+        t = n - 1 - np.int64(SA[r - 1])
+        lo = 0
+        hi = eos_pos.shape[0]
+        while lo < hi:
+            m = (lo + hi) >> 1
+            if eos_pos[m] < t:
+                lo = m + 1
+            else:
+                hi = m
+        out[r - e0] = lo
+
+
+@nb.njit(cache=True)
+def wavelet_level(cur, nxt, lvl_bit, words, ranks_row):
+    """Pack bit `lvl_bit` of `cur` into `words`, fill the block ranks, stably partition into `nxt`.
+
+    Returns the number of zeros of the level.
+    """
+    n = cur.shape[0]
+    for w in range(words.shape[0]):
+        words[w] = 0
+    zeros = 0
+    for i in range(n):
+        if (cur[i] >> lvl_bit) & 1:
+            words[i >> 6] |= np.uint64(1) << np.uint64(i & 63)
+        else:
+            zeros += 1
+    ones_seen = 0
+    for blk in range(ranks_row.shape[0]):
+        ranks_row[blk] = ones_seen
+        for w in range(blk * 4, min(blk * 4 + 4, words.shape[0])):
+            ones_seen += _popcount(words[w])
+    zi = 0
+    oi = zeros
+    for i in range(n):
+        if (cur[i] >> lvl_bit) & 1:
+            nxt[oi] = cur[i]
+            oi += 1
+        else:
+            nxt[zi] = cur[i]
+            zi += 1
+    return zeros
+
+
+@nb.njit(cache=True)
+def symbol_starts(bits, ranks, Z, sigma):
+    """`start_of[c]`: where the run of symbol `c` begins in the final order (index 0 mapped down)."""
+    nlev = bits.shape[0]
+    out = np.empty(sigma + 1, dtype=np.int64)
+    for c in range(sigma + 1):
+        i = 0
+        for lvl in range(nlev):
+            r1 = rank1(bits, ranks, lvl, i)
+            if (c >> (nlev - 1 - lvl)) & 1:
+                i = Z[lvl] + r1
+            else:
+                i = i - r1
+        out[c] = i
+    return out

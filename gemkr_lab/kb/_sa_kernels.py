@@ -1,0 +1,146 @@
+"""Numba kernels of the suffix-array backend.
+
+The text `T` holds *symbols* (token id + 1, so that 0 stays free) with an EOS symbol after every document;
+`SA` is its suffix array. A state is a row range `[lo, hi)` of suffixes sharing a prefix of `depth` symbols:
+refining by a symbol is two binary searches, and the distinct followers are found by galloping.
+"""
+
+import numba as nb
+import numpy as np
+
+
+@nb.njit(cache=True, inline="always")
+def _sym(T, SA, i, d):
+    """The `d`-th symbol of the `i`-th suffix, -1 past the end of the text."""
+    p = np.int64(SA[i]) + d
+    if p >= T.shape[0]:
+        return np.int64(-1)
+    return np.int64(T[p])
+
+
+@nb.njit(cache=True)
+def refine(T, SA, lo, hi, d, c):
+    """Sub-range of `[lo, hi)` (suffixes sharing a `d`-prefix) whose `d`-th symbol is `c`."""
+    a, b = lo, hi
+    while a < b:
+        m = (a + b) >> 1
+        if _sym(T, SA, m, d) < c:
+            a = m + 1
+        else:
+            b = m
+    first = a
+    b = hi
+    while a < b:
+        m = (a + b) >> 1
+        if _sym(T, SA, m, d) <= c:
+            a = m + 1
+        else:
+            b = m
+    return first, a
+
+
+@nb.njit(cache=True)
+def followers(T, SA, lo, hi, d, out_sym, out_cnt, k, mode):
+    """Write the distinct `d`-th symbols of rows `[lo, hi)` and their counts at `out[k:]`; return the new k.
+
+    `mode`: 0 only counts them (the first pass of an exactly sized allocation), 1 writes the symbols,
+    2 the symbols and their occurrence counts.
+
+    Galloping: O(distinct · log(occurrences / distinct)) probes instead of a scan of the range.
+    """
+    i = lo
+    while i < hi:
+        c = _sym(T, SA, i, d)
+        bound = 1
+        while i + bound < hi and _sym(T, SA, i + bound, d) <= c:
+            bound *= 2
+        a = i + bound // 2 + 1
+        b = min(i + bound, hi)
+        while a < b:
+            m = (a + b) >> 1
+            if _sym(T, SA, m, d) <= c:
+                a = m + 1
+            else:
+                b = m
+        if c > 0:
+            if mode > 0:
+                out_sym[k] = c
+            if mode > 1:
+                out_cnt[k] = a - i
+            k += 1
+        i = a
+    return k
+
+
+@nb.njit(cache=True)
+def advance_batch(T, SA, lo, hi, depth, sym, out_lo, out_hi):
+    """One refine step per state; an empty input range or a symbol < 1 gives an empty range."""
+    for j in range(lo.shape[0]):
+        if lo[j] >= hi[j] or sym[j] < 1:
+            out_lo[j] = lo[j]
+            out_hi[j] = lo[j]
+        else:
+            a, b = refine(T, SA, lo[j], hi[j], depth[j], sym[j])
+            out_lo[j] = a
+            out_hi[j] = b
+
+
+@nb.njit(cache=True)
+def followers_batch(T, SA, lo, hi, depth, ptr, out_sym, out_cnt):
+    """CSR of the distinct followers of every state; the outputs must hold `sum(min(hi - lo, sigma))`."""
+    k = 0
+    ptr[0] = 0
+    for j in range(lo.shape[0]):
+        if lo[j] < hi[j]:
+            k = followers(T, SA, lo[j], hi[j], depth[j], out_sym, out_cnt, k, 2)
+        ptr[j + 1] = k
+
+
+@nb.njit(cache=True)
+def check_batch(T, SA, lo, hi, depth, cand, out):
+    """Occurrence counts of each state's prefix extended by each candidate symbol (0: not in the KB)."""
+    for j in range(cand.shape[0]):
+        for m in range(cand.shape[1]):
+            c = cand[j, m]
+            if lo[j] >= hi[j] or c < 1:
+                out[j, m] = 0
+            else:
+                a, b = refine(T, SA, lo[j], hi[j], depth[j], c)
+                out[j, m] = b - a
+
+
+@nb.njit(cache=True)
+def bigram_table(T, SA, C, dtype_probe):
+    """Distinct followers of every single symbol, as CSR over symbols (the depth-1 cache).
+
+    Two passes (count, then fill) keep the extra memory at the table's exact size.
+    """
+    sigma = C.shape[0] - 2
+    ptr = np.zeros(sigma + 2, dtype=np.int64)
+    none = np.empty(0, dtype=np.int64)
+    k = 0
+    for c in range(0, sigma + 1):
+        if c > 0 and C[c + 1] > C[c]:
+            k = followers(T, SA, C[c], C[c + 1], 1, none, none, k, 0)
+        ptr[c + 1] = k
+    sym = np.empty(k, dtype=dtype_probe.dtype)
+    for c in range(1, sigma + 1):
+        if C[c + 1] > C[c]:
+            followers(T, SA, C[c], C[c + 1], 1, sym, none, ptr[c], 1)
+    return ptr, sym
+
+
+@nb.njit(cache=True)
+def compact_even(sa_bytes, width):
+    """In place: keep the byte-suffix positions that start a symbol of `width` bytes, as symbol positions.
+
+    libdivsufsort sorts the big-endian bytes of the text; suffixes starting at a multiple of `width` are,
+    in that order, the sorted symbol suffixes. Returns how many were kept (the first entries of the array).
+    """
+    k = 0
+    for i in range(sa_bytes.shape[0]):
+        p = sa_bytes[i]
+        if p % width == 0:
+            sa_bytes[k] = p // width
+            k += 1
+    return k

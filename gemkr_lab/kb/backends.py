@@ -1,0 +1,230 @@
+"""The two interchangeable index backends, one shard each: suffix array and FM-index.
+
+Both hold a shard's text as *symbols* (token id + 1; 0 is the FM sentinel) with an EOS after every
+document, and answer the same row-range questions. `KBIndex` turns token ids into symbols, unions shards
+and applies the clue semantics; a backend knows nothing about tokenizers, shards or decoding.
+"""
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from gemkr_lab.kb import _fm_kernels as fmk
+from gemkr_lab.kb import _sa_kernels as sak
+from gemkr_lab.kb.storage import load_array, save_array
+from gemkr_lab.kb.suffix_array import suffix_array
+
+
+def symbol_counts_to_C(counts: np.ndarray) -> np.ndarray:
+    """`C[c]` = rows whose suffix starts with a symbol < c; `C` has one entry past the last symbol."""
+    C = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+    np.cumsum(counts, out=C[1:])
+    return C
+
+
+class Shard:
+    """What both backends answer for one shard. States are row ranges `[lo, hi)` plus the clue's depth."""
+
+    name: ClassVar[str]
+    C: np.ndarray
+    bigram_ptr: np.ndarray
+    bigram_sym: np.ndarray
+    n_docs: int
+    n_tokens: int
+    eos: int = -1
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of the root range (the empty clue)."""
+        return int(self.C[-1])
+
+    @property
+    def sigma(self) -> int:
+        """Largest symbol the shard can hold."""
+        return self.C.shape[0] - 2
+
+    def followers_capacity(self, lo: np.ndarray, hi: np.ndarray) -> int:
+        """An upper bound on the CSR size of `followers` for these ranges."""
+        return int(np.minimum(np.maximum(hi - lo, 0), self.sigma + 1).sum())
+
+
+class SuffixArrayShard(Shard):
+    """Text (uint16/uint32 symbols) + uint32 suffix array: 6 B/token, the fastest to query and locate."""
+
+    name = "sa"
+
+    def __init__(self, arrays: dict[str, np.ndarray], n_docs: int) -> None:
+        self.T = arrays["text"]
+        self.SA = arrays["sa"]
+        self.C = arrays["C"]
+        self.doc_starts = arrays["doc_starts"]
+        self.bigram_ptr = arrays["bigram_ptr"]
+        self.bigram_sym = arrays["bigram_sym"]
+        self.n_docs = n_docs
+        self.n_tokens = int(self.T.shape[0])
+
+    @staticmethod
+    def build(text: np.ndarray, doc_starts: np.ndarray, eos: int, sigma: int, out: Path) -> dict[str, Any]:
+        """Write a shard's files to `out`; return the file table."""
+        files = {
+            "text": save_array(out, "text", text),
+            "doc_starts": save_array(out, "doc_starts", doc_starts),
+        }
+        counts = np.bincount(text, minlength=sigma + 1)
+        files["C"] = save_array(out, "C", symbol_counts_to_C(counts))
+        sa = suffix_array(text)
+        files["sa"] = save_array(out, "sa", sa)
+        del sa, text
+        # re-read through the page cache: the 8 B/token construction buffer is gone before the next step
+        arrays = {k: load_array(out, v, verify=False) for k, v in files.items()}
+        ptr, sym = sak.bigram_table(arrays["text"], arrays["sa"], arrays["C"], arrays["text"][:0])
+        files["bigram_ptr"] = save_array(out, "bigram_ptr", ptr)
+        files["bigram_sym"] = save_array(out, "bigram_sym", sym)
+        return files
+
+    def advance(self, lo, hi, depth, sym):
+        """Refine each range by one symbol at its depth."""
+        out_lo, out_hi = np.empty_like(lo), np.empty_like(hi)
+        sak.advance_batch(self.T, self.SA, lo, hi, depth, sym, out_lo, out_hi)
+        return out_lo, out_hi
+
+    def followers(self, lo, hi, depth):
+        """CSR `(ptr, sym, cnt)` of the distinct symbols that follow each range."""
+        cap = self.followers_capacity(lo, hi)
+        ptr = np.empty(lo.shape[0] + 1, dtype=np.int64)
+        sym, cnt = np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.int64)
+        sak.followers_batch(self.T, self.SA, lo, hi, depth, ptr, sym, cnt)
+        return ptr, sym[: ptr[-1]], cnt[: ptr[-1]]
+
+    def check(self, lo, hi, depth, cand):
+        """Counts of each range extended by each candidate symbol."""
+        out = np.empty(cand.shape, dtype=np.int64)
+        sak.check_batch(self.T, self.SA, lo, hi, depth, cand, out)
+        return out
+
+    def locate(self, lo: int, hi: int, limit: int) -> np.ndarray:
+        """Local documents of the occurrences in rows `[lo, min(hi, lo + limit))`, one per occurrence."""
+        pos = self.SA[lo : min(hi, lo + limit)]
+        return np.searchsorted(self.doc_starts, pos, side="right") - 1
+
+    def doc_symbols(self, doc: int) -> np.ndarray:
+        """A document's symbols, its EOS excluded."""
+        return np.asarray(self.T[self.doc_starts[doc] : self.doc_starts[doc + 1] - 1])
+
+
+class FMShard(Shard):
+    """Wavelet matrix over the BWT of the reversed text: about 2.3 B/token, memory-mappable."""
+
+    name = "fm"
+
+    def __init__(self, arrays: dict[str, np.ndarray], n_docs: int) -> None:
+        self.bits = arrays["wm_bits"]
+        self.ranks = arrays["wm_ranks"]
+        self.Z = arrays["wm_zeros"]
+        self.start_of = arrays["start_of"]
+        self.C = arrays["C"]
+        self.eos_doc = arrays["eos_doc"]
+        self.bigram_ptr = arrays["bigram_ptr"]
+        self.bigram_sym = arrays["bigram_sym"]
+        self.n_docs = n_docs
+        self.n_tokens = self.n_rows - 1
+        self._doc_row: np.ndarray | None = None
+
+    @staticmethod
+    def build(text: np.ndarray, doc_starts: np.ndarray, eos: int, sigma: int, out: Path) -> dict[str, Any]:
+        """Write a shard's files to `out`; return the file table.
+
+        Peak memory is reached while sorting: the reversed text, its big-endian copy and the byte-level
+        suffix array (about 12 B/token for uint16 symbols); the matrix is built after they are freed.
+        """
+        dtype = text.dtype
+        n = text.shape[0]
+        reversed_text = text[::-1].copy()
+        del text
+        sa = suffix_array(reversed_text)
+        bwt = np.empty(n + 1, dtype=dtype)
+        fmk.bwt_from_sa(reversed_text, sa, bwt)
+        del reversed_text
+        C = symbol_counts_to_C(np.bincount(bwt, minlength=sigma + 1))
+        eos_doc = np.empty(doc_starts.shape[0] - 1, dtype=np.uint32)
+        fmk.eos_rows_to_docs(sa, C, eos, doc_starts[1:] - 1, eos_doc)
+        del sa
+        nlev = max(int(sigma).bit_length(), 1)
+        n_rows = n + 1
+        n_words = (n_rows + 63) // 64
+        bits = np.empty((nlev, n_words), dtype=np.uint64)
+        ranks = np.empty((nlev, n_words // 4 + 1), dtype=np.uint32)
+        zeros = np.empty(nlev, dtype=np.int64)
+        cur, nxt = bwt, np.empty_like(bwt)
+        for lvl in range(nlev):
+            zeros[lvl] = fmk.wavelet_level(cur, nxt, nlev - 1 - lvl, bits[lvl], ranks[lvl])
+            cur, nxt = nxt, cur
+        del cur, nxt, bwt
+        start_of = fmk.symbol_starts(bits, ranks, zeros, sigma)
+        ptr, sym = fmk.bigram_table(bits, ranks, zeros, C, np.empty(0, dtype=dtype))
+        return {
+            "wm_bits": save_array(out, "wm_bits", bits),
+            "wm_ranks": save_array(out, "wm_ranks", ranks),
+            "wm_zeros": save_array(out, "wm_zeros", zeros),
+            "start_of": save_array(out, "start_of", start_of),
+            "C": save_array(out, "C", C),
+            "eos_doc": save_array(out, "eos_doc", eos_doc),
+            "bigram_ptr": save_array(out, "bigram_ptr", ptr),
+            "bigram_sym": save_array(out, "bigram_sym", sym),
+        }
+
+    def advance(self, lo, hi, depth, sym):
+        """One backward-search step per range (the depth is implicit in the range)."""
+        out_lo, out_hi = np.empty_like(lo), np.empty_like(hi)
+        fmk.advance_batch(self.bits, self.ranks, self.Z, self.start_of, self.C, lo, hi, sym, out_lo, out_hi)
+        return out_lo, out_hi
+
+    def followers(self, lo, hi, depth):
+        """CSR `(ptr, sym, cnt)` of the distinct symbols that follow each range."""
+        cap = self.followers_capacity(lo, hi)
+        ptr = np.empty(lo.shape[0] + 1, dtype=np.int64)
+        sym, cnt = np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.int64)
+        fmk.followers_batch(self.bits, self.ranks, self.Z, lo, hi, ptr, sym, cnt)
+        return ptr, sym[: ptr[-1]], cnt[: ptr[-1]]
+
+    def check(self, lo, hi, depth, cand):
+        """Counts of each range extended by each candidate symbol."""
+        out = np.empty(cand.shape, dtype=np.int64)
+        fmk.check_batch(self.bits, self.ranks, self.Z, self.start_of, self.C, lo, hi, cand, out)
+        return out
+
+    def locate(self, lo: int, hi: int, limit: int) -> np.ndarray:
+        """Local documents of the occurrences in rows `[lo, min(hi, lo + limit))`, one per occurrence."""
+        return fmk.locate_docs(
+            self.bits, self.ranks, self.Z, self.start_of, self.C, self.eos_doc, self.eos, lo, hi, limit
+        )
+
+    def doc_symbols(self, doc: int) -> np.ndarray:
+        """A document's symbols, read forward from the EOS row of the document before it."""
+        if self._doc_row is None:
+            # the row whose BWT symbol starts document d: row 0 for d = 0, else document d-1's EOS row
+            doc_row = np.empty(self.n_docs, dtype=np.int64)
+            doc_row[0] = 0
+            eos_rank = np.empty(self.n_docs, dtype=np.int64)
+            eos_rank[self.eos_doc.astype(np.int64)] = np.arange(self.n_docs)
+            doc_row[1:] = self.C[self.eos] + eos_rank[:-1]
+            self._doc_row = doc_row
+        size = 512
+        while True:  # documents are short; grow the buffer in the rare case one is not
+            out = np.empty(size, dtype=np.int64)
+            k = fmk.extract_doc(self.bits, self.ranks, self.Z, self.start_of, self.C, self.eos, self._doc_row[doc], out)
+            if k >= 0:
+                return out[:k]
+            size *= 8
+
+
+BACKENDS: dict[str, type[Shard]] = {"sa": SuffixArrayShard, "fm": FMShard}
+
+
+def open_shard(backend: str, directory: Path, files: dict[str, Any], n_docs: int, eos: int, verify: bool):
+    """Open one shard's arrays (memory-mapped) as the named backend."""
+    arrays = {name: load_array(directory, entry, verify=verify) for name, entry in files.items()}
+    shard = BACKENDS[backend](arrays, n_docs)
+    shard.eos = eos
+    return shard

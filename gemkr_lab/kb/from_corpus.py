@@ -1,0 +1,133 @@
+"""Build an index from a corpus file and a local tokenizer, keeping the corpus's own ids.
+
+Duplicate-text policy: passages whose normalised text is identical are indexed once, under the *first*
+id seen; later ids are recorded as aliases (`doc_aliases.tsv`: alias id, kept id) and resolve to the same
+positional document. The paper deduplicates too (its builder keeps the last id; with aliases both resolve,
+so scoring does not depend on which). Without deduplication every clue of a duplicated passage would be
+ambiguous, which the `unique` clue policy would then discard.
+"""
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from gemkr_lab.kb.build import Backend, build_index
+from gemkr_lab.kb.corpus import Passage, read_corpus
+from gemkr_lab.kb.index import KBIndex
+from gemkr_lab.kb.tokenize import load_tokenizer, tokenize_texts, tokenizer_fingerprint
+
+
+class _Dedup:
+    """Streams passages once, dropping repeated texts and remembering ids and aliases on the way."""
+
+    def __init__(self, passages: Iterator[Passage], dedup: bool, prepend_title: bool) -> None:
+        self.passages = passages
+        self.dedup = dedup
+        self.prepend_title = prepend_title
+        self.ids: list[str] = []
+        self.aliases: list[tuple[str, str]] = []
+        self.seen_ids: set[str] = set()
+        self.read = 0
+        self.hasher = hashlib.sha256()
+
+    def texts(self) -> Iterator[str]:
+        first_id_of: dict[bytes, str] = {}
+        for p in self.passages:
+            self.read += 1
+            if p.id in self.seen_ids:
+                raise ValueError(f"passage id {p.id!r} occurs twice in the corpus (passage {self.read})")
+            self.seen_ids.add(p.id)
+            text = f"{p.title}. {p.text}" if self.prepend_title and p.title else p.text
+            self.hasher.update(f"{p.id}\t{text}\n".encode())
+            if self.dedup:
+                key = hashlib.blake2b(text.encode(), digest_size=12).digest()
+                kept = first_id_of.setdefault(key, p.id)
+                if kept != p.id:
+                    self.aliases.append((p.id, kept))
+                    continue
+            self.ids.append(p.id)
+            yield text
+
+
+def build_index_from_corpus(
+    corpus: str | Path,
+    tokenizer: str | Path,
+    out_dir: str | Path,
+    *,
+    backend: Backend = "fm",
+    shards: int | str = 1,
+    dedup: bool = True,
+    prepend_title: bool = False,
+    batch_size: int = 1024,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> KBIndex:
+    """Tokenise a corpus file in batches and index it; see the module docstring for duplicates.
+
+    Args:
+        corpus: a `.csv` (`kid|id,text`), `.tsv` (DPR `id,text,title`) or `.jsonl` corpus file.
+        tokenizer: a local Hugging Face tokenizer directory; its EOS ends every document.
+        out_dir: the index directory (refused if it exists, unless `overwrite`).
+        backend: "sa" or "fm".
+        shards: a number of shards, or "auto".
+        dedup: index identical texts once (the paper's policy).
+        prepend_title: index "title. text" instead of the text (DPR passages have titles).
+        batch_size: passages per tokenizer call.
+        overwrite: replace an existing index.
+        progress: progress bars (default: only on a terminal).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
+    tok = load_tokenizer(tokenizer)
+    stream = _Dedup(read_corpus(corpus), dedup, prepend_title)
+    extra: dict[str, Any] = {
+        "corpus_path": str(Path(corpus).resolve()),
+        "tokenizer_path": str(Path(tokenizer).resolve()),
+        "dedup_texts": dedup,
+        "prepend_title": prepend_title,
+    }
+    index = build_index(
+        tokenize_texts(stream.texts(), tok, batch_size),
+        out_dir,
+        eos_id=tok.eos_token_id,
+        backend=backend,
+        shards=shards,
+        vocab_size=len(tok),
+        overwrite=overwrite,
+        doc_ids=_LazyIds(stream),
+        tokenizer_fingerprint=tokenizer_fingerprint(tok),
+        corpus_fingerprint=None,
+        extra_meta=extra,
+        progress=progress,
+        meta_hook=lambda meta, staging: _finish(meta, staging, stream),
+    )
+    return index
+
+
+class _LazyIds:
+    """The kept ids, read only after the documents have streamed (a sequence view of `_Dedup.ids`)."""
+
+    def __init__(self, stream: _Dedup) -> None:
+        self.stream = stream
+
+    def __len__(self) -> int:
+        return len(self.stream.ids)
+
+    def __iter__(self):
+        return iter(self.stream.ids)
+
+    def __getitem__(self, i):
+        return self.stream.ids[i]
+
+
+def _finish(meta: dict[str, Any], staging: Path, stream: _Dedup) -> None:
+    """Record corpus provenance and aliases once the stream is consumed."""
+    meta["corpus_fingerprint"] = "sha256:" + stream.hasher.hexdigest()
+    meta["extra"].update({"passages_read": stream.read, "duplicates_dropped": len(stream.aliases)})
+    if stream.aliases:
+        path = staging / "doc_aliases.tsv"
+        with open(path, "w", encoding="utf-8") as fh:
+            for alias, kept in stream.aliases:
+                fh.write(f"{alias}\t{kept}\n")
