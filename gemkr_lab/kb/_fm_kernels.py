@@ -296,3 +296,11 @@ def symbol_starts(bits, ranks, Z, sigma):
                 i = i - r1
         out[c] = i
     return out
+
+
+@nb.njit(cache=True)
+def search(bits, ranks, Z, start_of, C, lo, hi, pattern):
+    """Row range of the clue `pattern` (consumed left to right) in one call."""
+    for d in range(pattern.shape[0]):
+        lo, hi = backward_step(bits, ranks, Z, start_of, C, lo, hi, pattern[d])
+    return lo, hi

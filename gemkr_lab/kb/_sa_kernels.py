@@ -144,3 +144,13 @@ def compact_even(sa_bytes, width):
             sa_bytes[k] = p // width
             k += 1
     return k
+
+
+@nb.njit(cache=True)
+def search(T, SA, lo, hi, pattern):
+    """Row range of the suffixes that start with `pattern` (one call instead of one per token)."""
+    for d in range(pattern.shape[0]):
+        if lo >= hi or pattern[d] < 1:
+            return lo, lo
+        lo, hi = refine(T, SA, lo, hi, d, pattern[d])
+    return lo, hi

@@ -97,6 +97,10 @@ class SuffixArrayShard(Shard):
         sak.followers_batch(self.T, self.SA, lo, hi, depth, ptr, sym, cnt)
         return ptr, sym[: ptr[-1]], cnt[: ptr[-1]]
 
+    def search(self, pattern: np.ndarray) -> tuple[int, int]:
+        """Row range of a symbol pattern."""
+        return sak.search(self.T, self.SA, 0, self.n_rows, pattern)
+
     def check(self, lo, hi, depth, cand):
         """Counts of each range extended by each candidate symbol."""
         out = np.empty(cand.shape, dtype=np.int64)
@@ -187,6 +191,10 @@ class FMShard(Shard):
         sym, cnt = np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.int64)
         fmk.followers_batch(self.bits, self.ranks, self.Z, lo, hi, ptr, sym, cnt)
         return ptr, sym[: ptr[-1]], cnt[: ptr[-1]]
+
+    def search(self, pattern: np.ndarray) -> tuple[int, int]:
+        """Row range of a symbol pattern."""
+        return fmk.search(self.bits, self.ranks, self.Z, self.start_of, self.C, 0, self.n_rows, pattern)
 
     def check(self, lo, hi, depth, cand):
         """Counts of each range extended by each candidate symbol."""

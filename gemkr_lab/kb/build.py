@@ -108,7 +108,6 @@ def build_index(
         cap = max_shard_tokens or default_shard_tokens(dtype)
         bounds = _shard_bounds(stream["lengths"], shards, cap)
         shard_meta = []
-        symbols = np.memmap(stream["path"], dtype=stream["dtype"], mode="r")
         for k, (d0, d1) in enumerate(
             tqdm(bounds, desc=f"index shards ({backend})", disable=_quiet(progress), unit="shard")
         ):
@@ -116,8 +115,9 @@ def build_index(
             shard_dir.mkdir()
             starts = np.concatenate([[0], np.cumsum(stream["lengths"][d0:d1] + 1)]).astype(np.int64)
             s0 = int(stream["offsets"][d0])
+            # read (not map) the slice: mapped pages would count twice in the build's peak memory
             files = BACKENDS[backend].build(
-                np.array(symbols[s0 : s0 + int(starts[-1])], dtype=dtype),
+                np.fromfile(stream["path"], dtype=dtype, count=int(starts[-1]), offset=s0 * dtype.itemsize),
                 starts,
                 eos_id + 1,
                 vocab,
@@ -132,7 +132,6 @@ def build_index(
                     "files": files,
                 }
             )
-        del symbols
         Path(stream["path"]).unlink()
         meta: dict[str, Any] = {
             "format": FORMAT_NAME,

@@ -37,7 +37,10 @@ class BeamStates:
 
     @property
     def counts(self) -> np.ndarray:
-        """int64[B]: occurrences of each beam's clue in the whole KB."""
+        """int64[B]: occurrences of each beam's clue in the whole KB.
+
+        For the empty clue it is the root range's size, which differs between backends.
+        """
         return (self.hi - self.lo).sum(axis=1)
 
     def take(self, index: np.ndarray | Sequence[int]) -> "BeamStates":
@@ -240,10 +243,18 @@ class KBIndex:
     # ---- internals ------------------------------------------------------------------------------------
 
     def _states_for(self, seq: Sequence[int]) -> BeamStates:
-        states = self.root_states(1)
-        for tok in seq:
-            states = self.advance(states, [int(tok)])
-        return states
+        """The state after consuming `seq`, with one search kernel call per shard."""
+        sym = np.asarray(seq, dtype=np.int64).reshape(-1) + 1
+        k = len(self.shards)
+        lo = np.zeros((1, k), dtype=np.int64)
+        hi = np.zeros((1, k), dtype=np.int64)
+        ends_with_eos = sym.shape[0] > 0 and sym[-1] == self._eos
+        valid = not ((sym < 1) | (sym > self.vocab_size)).any() and not (sym[:-1] == self._eos).any()
+        if valid:
+            for j, shard in enumerate(self.shards):
+                lo[0, j], hi[0, j] = shard.search(sym)
+        depth = np.array([sym.shape[0]], dtype=np.int64)
+        return BeamStates(lo, hi, depth, np.array([ends_with_eos]))
 
     @cached_property
     def _root_tokens(self) -> np.ndarray:
