@@ -55,13 +55,25 @@ def rank_sym(bits, ranks, Z, start_of, c, i):
 
 @nb.njit(cache=True, inline="always")
 def backward_step(bits, ranks, Z, start_of, C, lo, hi, c):
-    """Range of the clue extended on the right by symbol `c` (an empty range when it does not occur)."""
+    """Range of the clue extended on the right by symbol `c` (an empty range when it does not occur).
+
+    Both ends descend the matrix together, so an absent symbol stops as soon as its sub-range empties:
+    rejecting a candidate usually costs a few levels, not all of them.
+    """
     if c < 1 or c >= C.shape[0] - 1 or C[c + 1] == C[c] or lo >= hi:
         return lo, lo
-    return (
-        C[c] + rank_sym(bits, ranks, Z, start_of, c, lo),
-        C[c] + rank_sym(bits, ranks, Z, start_of, c, hi),
-    )
+    nlev = bits.shape[0]
+    a, b = lo, hi
+    for lvl in range(nlev):
+        ra = rank1(bits, ranks, lvl, a)
+        rb = rank1(bits, ranks, lvl, b)
+        if (c >> (nlev - 1 - lvl)) & 1:
+            a, b = Z[lvl] + ra, Z[lvl] + rb
+        else:
+            a, b = a - ra, b - rb
+        if a == b:
+            return lo, lo
+    return C[c] + a - start_of[c], C[c] + b - start_of[c]
 
 
 @nb.njit(cache=True, inline="always")

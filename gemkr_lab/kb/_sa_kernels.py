@@ -154,3 +154,12 @@ def search(T, SA, lo, hi, pattern):
             return lo, lo
         lo, hi = refine(T, SA, lo, hi, d, pattern[d])
     return lo, hi
+
+
+@nb.njit(cache=True)
+def symbol_counts(text, sigma):
+    """Occurrences of each symbol `0..sigma` (np.bincount would first widen the text to int64)."""
+    out = np.zeros(sigma + 1, dtype=np.int64)
+    for i in range(text.shape[0]):
+        out[text[i]] += 1
+    return out

@@ -5,6 +5,7 @@ document, and answer the same row-range questions. `KBIndex` turns token ids int
 and applies the clue semantics; a backend knows nothing about tokenizers, shards or decoding.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,7 +14,11 @@ import numpy as np
 from gemkr_lab.kb import _fm_kernels as fmk
 from gemkr_lab.kb import _sa_kernels as sak
 from gemkr_lab.kb.storage import load_array, save_array
-from gemkr_lab.kb.suffix_array import suffix_array
+from gemkr_lab.kb.suffix_array import scratch_after, suffix_array
+
+
+#: Returns a shard's symbol text, freshly read: a backend owns it and may free it (or modify it) early.
+TextReader = Callable[[], np.ndarray]
 
 
 def symbol_counts_to_C(counts: np.ndarray) -> np.ndarray:
@@ -65,13 +70,17 @@ class SuffixArrayShard(Shard):
         self.n_tokens = int(self.T.shape[0])
 
     @staticmethod
-    def build(text: np.ndarray, doc_starts: np.ndarray, eos: int, sigma: int, out: Path) -> dict[str, Any]:
-        """Write a shard's files to `out`; return the file table."""
+    def build(read_text: TextReader, doc_starts: np.ndarray, eos: int, sigma: int, out: Path) -> dict[str, Any]:
+        """Write a shard's files to `out`; return the file table.
+
+        Peak memory is the text plus the sort's int32 byte-level buffer: about 10 B/token (uint16).
+        """
+        text = read_text()
         files = {
             "text": save_array(out, "text", text),
             "doc_starts": save_array(out, "doc_starts", doc_starts),
         }
-        counts = np.bincount(text, minlength=sigma + 1)
+        counts = sak.symbol_counts(text, sigma)
         files["C"] = save_array(out, "C", symbol_counts_to_C(counts))
         sa = suffix_array(text)
         files["sa"] = save_array(out, "sa", sa)
@@ -136,24 +145,26 @@ class FMShard(Shard):
         self._doc_row: np.ndarray | None = None
 
     @staticmethod
-    def build(text: np.ndarray, doc_starts: np.ndarray, eos: int, sigma: int, out: Path) -> dict[str, Any]:
+    def build(read_text: TextReader, doc_starts: np.ndarray, eos: int, sigma: int, out: Path) -> dict[str, Any]:
         """Write a shard's files to `out`; return the file table.
 
-        Peak memory is reached while sorting: the reversed text, its big-endian copy and the byte-level
-        suffix array (about 12 B/token for uint16 symbols); the matrix is built after they are freed.
+        Peak memory is reached while sorting: the reversed text and the sort's int32 byte-level buffer
+        (about 10 B/token for uint16 symbols). The BWT is written into the unused half of that buffer and
+        the matrix is built after the text and the suffix array are freed.
         """
-        dtype = text.dtype
-        n = text.shape[0]
-        reversed_text = text[::-1].copy()
-        del text
+        reversed_text = read_text()[::-1].copy()
+        dtype = reversed_text.dtype
+        n = reversed_text.shape[0]
         sa = suffix_array(reversed_text)
-        bwt = np.empty(n + 1, dtype=dtype)
+        scratch = scratch_after(sa, (n + 1) * dtype.itemsize)
+        bwt = np.empty(n + 1, dtype=dtype) if scratch is None else scratch.view(dtype)
         fmk.bwt_from_sa(reversed_text, sa, bwt)
         del reversed_text
-        C = symbol_counts_to_C(np.bincount(bwt, minlength=sigma + 1))
+        C = symbol_counts_to_C(sak.symbol_counts(bwt, sigma))
         eos_doc = np.empty(doc_starts.shape[0] - 1, dtype=np.uint32)
         fmk.eos_rows_to_docs(sa, C, eos, doc_starts[1:] - 1, eos_doc)
-        del sa
+        bwt = bwt.copy()  # out of the sort buffer, which is freed next
+        del sa, scratch
         nlev = max(int(sigma).bit_length(), 1)
         n_rows = n + 1
         n_words = (n_rows + 63) // 64

@@ -114,15 +114,12 @@ def build_index(
             shard_dir = staging / f"shard-{k:03d}"
             shard_dir.mkdir()
             starts = np.concatenate([[0], np.cumsum(stream["lengths"][d0:d1] + 1)]).astype(np.int64)
-            s0 = int(stream["offsets"][d0])
-            # read (not map) the slice: mapped pages would count twice in the build's peak memory
-            files = BACKENDS[backend].build(
-                np.fromfile(stream["path"], dtype=dtype, count=int(starts[-1]), offset=s0 * dtype.itemsize),
-                starts,
-                eos_id + 1,
-                vocab,
-                shard_dir,
-            )
+            # a reader, not an array: the backend then holds the only reference and frees the text early;
+            # read (not mapped) so that file pages do not count twice in the peak
+            def read_text(s0=int(stream["offsets"][d0]), count=int(starts[-1])) -> np.ndarray:
+                return np.fromfile(stream["path"], dtype=dtype, count=count, offset=s0 * dtype.itemsize)
+
+            files = BACKENDS[backend].build(read_text, starts, eos_id + 1, vocab, shard_dir)
             shard_meta.append(
                 {
                     "dir": shard_dir.name,

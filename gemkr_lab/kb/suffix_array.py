@@ -3,7 +3,7 @@
 libdivsufsort sorts bytes. A text of `w`-byte symbols written big-endian sorts, at the byte offsets that
 are multiples of `w`, exactly like the symbol text, so we sort the bytes and keep those offsets. Calling the
 library directly (instead of `pydivsufsort.divsufsort`) lets us compact the result in place: peak memory is
-the text, its big-endian copy and the int32 byte-level array, about 12 bytes per uint16 token.
+the text and the int32 byte-level array, about 10 bytes per uint16 token.
 """
 
 import ctypes
@@ -19,12 +19,16 @@ INT32_BYTES_LIMIT = np.iinfo(np.int32).max
 def suffix_array(text: np.ndarray) -> np.ndarray:
     """Suffix array of an unsigned integer text, as uint32 (texts must stay below 2**32 symbols).
 
+    The text is byte-swapped to big-endian *in place* for the sort and swapped back afterwards (so it must
+    be writable and is briefly changed), which saves a copy of the text at the build's peak.
+
     Args:
         text: 1-D uint16 or uint32 array.
 
     Returns:
         uint32 array of the text's suffix start positions in lexicographic order (a shorter suffix sorts
-        before its extensions).
+        before its extensions). It is a view into the sort's buffer, whose unused second half (at least
+        4 bytes per symbol) callers may use as scratch space.
     """
     from pydivsufsort.dll import libdivsufsort, libdivsufsort64
 
@@ -33,22 +37,23 @@ def suffix_array(text: np.ndarray) -> np.ndarray:
     if text.shape[0] >= 2**32:
         raise ValueError("a shard must hold fewer than 2**32 tokens; build with more shards")
     width = text.dtype.itemsize
-    big_endian = text.astype(text.dtype.newbyteorder(">"))
-    raw = big_endian.view(np.uint8)
-    nbytes = raw.shape[0]
+    nbytes = text.shape[0] * width
     if nbytes == 0:
         return np.empty(0, dtype=np.uint32)
-    if nbytes <= INT32_BYTES_LIMIT:
-        out = np.empty(nbytes, dtype=np.int32)
-        rc = libdivsufsort.divsufsort(
-            raw.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p), ctypes.c_int32(nbytes)
-        )
-    else:
-        out = np.empty(nbytes, dtype=np.int64)
-        rc = libdivsufsort64.divsufsort64(
-            raw.ctypes.data_as(ctypes.c_void_p), out.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(nbytes)
-        )
-    del big_endian, raw
+    little = text.dtype.byteorder == "<" or (text.dtype.byteorder == "=" and np.little_endian)
+    if little:
+        text.byteswap(inplace=True)
+    try:
+        raw = text.view(np.uint8)
+        if nbytes <= INT32_BYTES_LIMIT:
+            out = np.empty(nbytes, dtype=np.int32)
+            rc = libdivsufsort.divsufsort(_ptr(raw), _ptr(out), ctypes.c_int32(nbytes))
+        else:
+            out = np.empty(nbytes, dtype=np.int64)
+            rc = libdivsufsort64.divsufsort64(_ptr(raw), _ptr(out), ctypes.c_int64(nbytes))
+    finally:
+        if little:
+            text.byteswap(inplace=True)
     if rc:
         raise RuntimeError(f"libdivsufsort failed with code {rc}")
     kept = sak.compact_even(out, width)
@@ -56,3 +61,18 @@ def suffix_array(text: np.ndarray) -> np.ndarray:
         # reinterpret in place: the kept values are < 2**31, so int32 and uint32 agree
         return out[:kept].view(np.uint32)
     return out[:kept].astype(np.uint32)
+
+
+def scratch_after(sa: np.ndarray, nbytes: int) -> np.ndarray | None:
+    """`nbytes` of the sort buffer behind a suffix array returned by `suffix_array`, or None if absent."""
+    base = sa.base
+    while base is not None and not isinstance(base, np.ndarray | memoryview):
+        base = getattr(base, "base", None)
+    if not isinstance(base, np.ndarray) or base.nbytes < sa.nbytes + nbytes:
+        return None
+    raw = base.view(np.uint8)
+    return raw[sa.nbytes : sa.nbytes + nbytes]
+
+
+def _ptr(arr: np.ndarray) -> ctypes.c_void_p:
+    return arr.ctypes.data_as(ctypes.c_void_p)
