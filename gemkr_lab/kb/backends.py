@@ -16,7 +16,6 @@ from gemkr_lab.kb import _sa_kernels as sak
 from gemkr_lab.kb.storage import load_array, save_array
 from gemkr_lab.kb.suffix_array import scratch_after, suffix_array
 
-
 #: Returns a shard's symbol text, freshly read: a backend owns it and may free it (or modify it) early.
 TextReader = Callable[[], np.ndarray]
 
