@@ -9,7 +9,7 @@ import hashlib
 import itertools
 import platform
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -114,6 +114,7 @@ def build_index(
             shard_dir = staging / f"shard-{k:03d}"
             shard_dir.mkdir()
             starts = np.concatenate([[0], np.cumsum(stream["lengths"][d0:d1] + 1)]).astype(np.int64)
+
             # a reader, not an array: the backend then holds the only reference and frees the text early;
             # read (not mapped) so that file pages do not count twice in the peak
             def read_text(s0=int(stream["offsets"][d0]), count=int(starts[-1])) -> np.ndarray:
@@ -228,14 +229,7 @@ def _stream_symbols(docs, staging: Path, eos_id: int, vocab_size: int | None, pr
     n_docs = 0
     bar = tqdm(desc="stream documents", disable=_quiet(progress), unit="doc")
     with open(path, "wb") as fh, bar:
-        for item in docs:
-            if isinstance(item, DocBatch):
-                flat, lens = np.asarray(item.tokens, dtype=np.int64), np.asarray(item.lengths, dtype=np.int64)
-                if lens.sum() != flat.shape[0] or (lens < 0).any():
-                    raise ValueError(f"DocBatch after document {n_docs}: lengths do not add up to its tokens")
-            else:
-                flat = np.asarray(item, dtype=np.int64).reshape(-1)
-                lens = np.array([flat.shape[0]], dtype=np.int64)
+        for flat, lens in _slices(docs):
             if flat.size:
                 bad = (flat < 0) | (flat == eos_id)
                 if vocab_size is not None:
@@ -284,6 +278,34 @@ def _stream_symbols(docs, staging: Path, eos_id: int, vocab_size: int | None, pr
         "vocab_size": vocab,
         "fingerprint": "sha256:" + hasher.hexdigest(),
     }
+
+
+_SLICE_TOKENS = 1 << 20
+
+
+def _slices(docs) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(int64 tokens, lengths) of every document or `DocBatch`, cut into slices of about 1M tokens.
+
+    Slicing keeps the validation temporaries small whatever the batch size.
+    """
+    seen = 0
+    for item in docs:
+        if not isinstance(item, DocBatch):
+            flat = np.asarray(item, dtype=np.int64).reshape(-1)
+            yield flat, np.array([flat.shape[0]], dtype=np.int64)
+            seen += 1
+            continue
+        tokens, lens = np.asarray(item.tokens), np.asarray(item.lengths, dtype=np.int64)
+        if lens.ndim != 1 or tokens.ndim != 1 or lens.sum() != tokens.shape[0] or (lens < 0).any():
+            raise ValueError(f"DocBatch after document {seen}: its lengths do not add up to its tokens")
+        ends = np.cumsum(lens)
+        d0 = 0
+        while d0 < lens.shape[0]:
+            t0 = int(ends[d0 - 1]) if d0 else 0
+            d1 = max(int(np.searchsorted(ends, t0 + _SLICE_TOKENS, side="right")), d0 + 1)
+            yield tokens[t0 : int(ends[d1 - 1])].astype(np.int64), lens[d0:d1]
+            d0 = d1
+        seen += lens.shape[0]
 
 
 def _shard_bounds(lengths: np.ndarray, shards: int | str, cap: int) -> list[tuple[int, int]]:

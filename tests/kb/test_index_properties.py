@@ -150,3 +150,31 @@ def test_absent_ids_and_out_of_range_tokens_give_empty_answers(tmp_path, backend
     assert index.count([12]) == 0 and index.count([-1]) == 0
     with pytest.raises(ValueError, match="non-empty"):
         index.count([])
+
+
+def test_doc_batches_and_single_documents_build_the_same_index(tmp_path, monkeypatch):
+    import gemkr_lab.kb.build as build_mod
+    from gemkr_lab.kb import DocBatch
+
+    monkeypatch.setattr(build_mod, "_SLICE_TOKENS", 7)  # force several slices per batch
+    rng = np.random.default_rng(11)
+    docs = _random_corpus(rng, 30, 50)
+    flat = np.concatenate([np.asarray(d, dtype=np.int64) for d in docs])
+    lengths = np.array([len(d) for d in docs])
+    a = build_index(docs, tmp_path / "a", eos_id=EOS, backend="fm", progress=False)
+    b = build_index(
+        [
+            DocBatch(flat[: lengths[:10].sum()], lengths[:10]),
+            *docs[10:12],
+            DocBatch(flat[lengths[:12].sum() :], lengths[12:]),
+        ],
+        tmp_path / "b",
+        eos_id=EOS,
+        backend="fm",
+        progress=False,
+    )
+    assert a.meta["corpus_fingerprint"] == b.meta["corpus_fingerprint"]
+    for q in _queries(docs, rng, 50):
+        np.testing.assert_array_equal(a.next_tokens(q), b.next_tokens(q))
+    with pytest.raises(ValueError, match="do not add up"):
+        build_index([DocBatch(flat[:5], np.array([2, 2]))], tmp_path / "c", eos_id=EOS, progress=False)
