@@ -235,7 +235,11 @@ def main() -> None:
     p.add_argument("--corpus-dir", type=Path)
     p.add_argument("--index-dir", type=Path)
     p.add_argument("--backend")
+    p.add_argument("--render", action="store_true", help="rewrite the markdown of --name from its JSON")
     args = p.parse_args()
+    if args.render:
+        write_results(args.name, json.loads((RESULTS / f"{args.name}.json").read_text())["rows"])
+        return
     if args.child:
         args.max_shard_tokens = args.max_shard_tokens or None
         (child_build if args.child == "build" else child_query)(args)
@@ -316,6 +320,7 @@ def write_results(name: str, rows: list[dict]) -> None:
         "disk_bytes_per_token",
         "decode_index_ms_median",
         "decode_index_ms_p90",
+        "decode_index_ms_median_top20",
         "locate_unique12_us_median",
         "locate_us_per_occurrence",
     ]

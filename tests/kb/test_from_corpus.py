@@ -95,3 +95,28 @@ def test_cli_bad_input_exits_non_zero_with_the_reason(tmp_path, corpus, tokenize
         main(["index", "build", str(corpus), "--tokenizer", str(tmp_path / "nope"), "--out", str(tmp_path / "k3")]) == 2
     )
     assert "no such tokenizer directory" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_empty_corpus(tmp_path, tokenizer_dir, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    code = main(["index", "build", str(empty), "--tokenizer", str(tokenizer_dir), "--out", str(tmp_path / "kb")])
+    assert code == 2
+    assert "holds no passages" in capsys.readouterr().err
+    assert not (tmp_path / "kb").exists()
+
+
+def test_sharded_cli_build_answers_like_one_shard(tmp_path, tokenizer_dir):
+    from gemkr_lab.kb.demo import synthetic_passages
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps(p) + "\n" for p in synthetic_passages(200, seed=3)), encoding="utf-8")
+    one = build_index_from_corpus(corpus, tokenizer_dir, tmp_path / "one", backend="sa", progress=False)
+    three = build_index_from_corpus(corpus, tokenizer_dir, tmp_path / "three", backend="fm", shards=3, progress=False)
+    assert len(three.shards) == 3 and three.corpus_ids == one.corpus_ids
+    tok = load_tokenizer(tokenizer_dir)
+    for text in [" lives near the", " eats figs", " was first seen in 18"]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert one.count(ids) == three.count(ids) > 0
+        np.testing.assert_array_equal(one.docs(ids), three.docs(ids))
+        np.testing.assert_array_equal(one.next_tokens(ids), three.next_tokens(ids))
