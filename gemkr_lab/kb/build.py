@@ -18,9 +18,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from gemkr_lab.kb.backends import BACKENDS, open_shard
+from gemkr_lab.kb.doc_ids import DocIds, save_doc_ids
 from gemkr_lab.kb.errors import IndexFormatError
 from gemkr_lab.kb.index import KBIndex
-from gemkr_lab.kb.storage import META_FILE, atomic_directory, check_file, file_crc32, read_meta, write_json
+from gemkr_lab.kb.storage import META_FILE, atomic_directory, read_meta, write_json
 from gemkr_lab.kb.suffix_array import INT32_BYTES_LIMIT
 
 FORMAT_NAME = "gemkr-kb-index"
@@ -147,13 +148,7 @@ def build_index(
             "extra": extra_meta or {},
         }
         if doc_ids is not None:
-            ids_path = staging / "doc_ids.txt"
-            _write_ids(ids_path, doc_ids)
-            meta["doc_ids"] = {
-                "file": ids_path.name,
-                "bytes": ids_path.stat().st_size,
-                "crc32": file_crc32(ids_path),
-            }
+            meta["doc_ids"] = save_doc_ids(staging, doc_ids)
         if meta_hook is not None:
             meta_hook(meta, staging)
         write_json(staging / META_FILE, meta)
@@ -192,15 +187,14 @@ def open_index(path: str | Path, *, tokenizer_fingerprint: str | None = None, ve
                 f"{where}: built with tokenizer {meta['tokenizer_fingerprint']}, but the tokenizer given is "
                 f"{tokenizer_fingerprint}; use the tokenizer the index was built with, or rebuild the index"
             )
-        if "doc_ids" in meta:
-            check_file(path, meta["doc_ids"], verify)
+        doc_ids = DocIds(path, meta["doc_ids"], verify) if "doc_ids" in meta else None
         shards = [
             open_shard(backend, path / s["dir"], s["files"], s["n_docs"], meta["eos_id"] + 1, verify)
             for s in meta["shards"]
         ]
     except KeyError as exc:
         raise IndexFormatError(f"{where}: metadata lacks key {exc}; rebuild the index") from exc
-    return KBIndex(path, meta, shards)
+    return KBIndex(path, meta, shards, doc_ids)
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
@@ -208,15 +202,6 @@ def open_index(path: str | Path, *, tokenizer_fingerprint: str | None = None, ve
 
 def _quiet(progress: bool | None) -> bool | None:
     return None if progress is None else not progress
-
-
-def _write_ids(path: Path, ids: Sequence[str]) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        for cid in ids:
-            cid = str(cid)
-            if "\n" in cid:
-                raise ValueError(f"document id {cid!r} contains a newline")
-            fh.write(cid + "\n")
 
 
 def _stream_symbols(docs, staging: Path, eos_id: int, vocab_size: int | None, progress) -> dict[str, Any]:

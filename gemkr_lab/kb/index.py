@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from gemkr_lab.kb.backends import Shard
+from gemkr_lab.kb.doc_ids import DocIds
 
 
 @dataclass
@@ -56,8 +57,9 @@ class KBIndex:
     Open one with `open_index`; build one with `build_index`.
     """
 
-    def __init__(self, path: Path, meta: dict[str, Any], shards: list[Shard]) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], shards: list[Shard], doc_ids: DocIds | None = None) -> None:
         self.path = path
+        self._doc_ids = doc_ids
         self.meta = meta
         self.shards = shards
         self.backend: str = meta["backend"]
@@ -123,32 +125,25 @@ class KBIndex:
         k = int(np.searchsorted(self._doc_base, doc, side="right") - 1)
         return self.shards[k].doc_symbols(int(doc - self._doc_base[k])).astype(np.int64) - 1
 
-    @cached_property
-    def corpus_ids(self) -> list[str]:
-        """The corpus's own document ids, by positional id (positions as strings when built from ids)."""
-        ids_file = self.path / "doc_ids.txt"
-        if not ids_file.exists():
-            return [str(i) for i in range(self.n_docs)]
-        ids = ids_file.read_text(encoding="utf-8").split("\n")[: self.n_docs]
-        return ids
-
     def corpus_id(self, doc: int) -> str:
-        """Corpus id of a positional document id."""
-        return self.corpus_ids[doc]
+        """The corpus's own id of positional document `doc` (its position as a string if none was given)."""
+        if not 0 <= doc < self.n_docs:
+            raise IndexError(f"document {doc} out of range [0, {self.n_docs})")
+        return str(doc) if self._doc_ids is None else self._doc_ids[doc]
 
-    @cached_property
-    def _position_of(self) -> dict[str, int]:
-        pos = {cid: i for i, cid in enumerate(self.corpus_ids)}
-        aliases = self.path / "doc_aliases.tsv"
-        if aliases.exists():  # ids of dropped duplicate texts resolve to the kept passage
-            for line in aliases.read_text(encoding="utf-8").splitlines():
-                alias, kept = line.split("\t")
-                pos[alias] = pos[kept]
-        return pos
+    @property
+    def corpus_ids(self) -> list[str]:
+        """All corpus ids by positional id (a list: prefer `corpus_id` on large KBs)."""
+        return [self.corpus_id(d) for d in range(self.n_docs)]
 
     def position(self, corpus_id: str) -> int:
         """Positional id of a corpus document id, duplicates' ids included (KeyError if unknown)."""
-        return self._position_of[corpus_id]
+        if self._doc_ids is None:
+            pos = int(corpus_id) if str(corpus_id).isdigit() else -1
+            if not 0 <= pos < self.n_docs:
+                raise KeyError(f"no document with id {corpus_id!r} in this index")
+            return pos
+        return self._doc_ids.position(corpus_id)
 
     # ---- batched, stateful interface for decoding ----------------------------------------------------
 

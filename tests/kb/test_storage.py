@@ -121,3 +121,17 @@ def test_corpus_ids_round_trip(tmp_path):
     assert index.corpus_id(1) == "x2"
     assert index.position("x3") == 2
     assert open_index(tmp_path / "kb").corpus_ids == ["x1", "x2", "x3"]
+
+
+def test_doc_id_lookups_and_errors(tmp_path):
+    ids = ["wiki:10", "wiki:9", "Ünï"]
+    index = build_index(DOCS, tmp_path / "kb", eos_id=2, doc_ids=ids, progress=False)
+    assert [index.position(i) for i in ids] == [0, 1, 2]
+    with pytest.raises(KeyError, match="wiki:11"):
+        index.position("wiki:11")
+    with pytest.raises(ValueError, match="'a' is given to more than one document"):
+        build_index(DOCS, tmp_path / "kb2", eos_id=2, doc_ids=["a", "b", "a"], progress=False)
+    plain = build_index(DOCS, tmp_path / "kb3", eos_id=2, progress=False)
+    assert plain.corpus_id(2) == "2" and plain.position("1") == 1
+    with pytest.raises(KeyError):
+        plain.position("7")
