@@ -41,8 +41,8 @@ def rank1(bits, ranks, lvl, i):
 
 
 @nb.njit(cache=True, inline="always")
-def rank_sym(bits, ranks, Z, start_of, c, i):
-    """Occurrences of symbol `c` in `BWT[0:i)`."""
+def map_down(bits, ranks, Z, c, i):
+    """Follow position `i` down the matrix along symbol `c`'s bits to its place in the final order."""
     nlev = bits.shape[0]
     for lvl in range(nlev):
         r1 = rank1(bits, ranks, lvl, i)
@@ -50,7 +50,7 @@ def rank_sym(bits, ranks, Z, start_of, c, i):
             i = Z[lvl] + r1
         else:
             i = i - r1
-    return i - start_of[c]
+    return i
 
 
 @nb.njit(cache=True, inline="always")
@@ -296,17 +296,9 @@ def wavelet_level(cur, nxt, lvl_bit, words, ranks_row):
 @nb.njit(cache=True)
 def symbol_starts(bits, ranks, Z, sigma):
     """`start_of[c]`: where the run of symbol `c` begins in the final order (index 0 mapped down)."""
-    nlev = bits.shape[0]
     out = np.empty(sigma + 1, dtype=np.int64)
     for c in range(sigma + 1):
-        i = 0
-        for lvl in range(nlev):
-            r1 = rank1(bits, ranks, lvl, i)
-            if (c >> (nlev - 1 - lvl)) & 1:
-                i = Z[lvl] + r1
-            else:
-                i = i - r1
-        out[c] = i
+        out[c] = map_down(bits, ranks, Z, c, 0)
     return out
 
 
