@@ -50,7 +50,7 @@ def _index_query(args: argparse.Namespace) -> int:
         _print(result, True)
         return 0
     print(f"{result['text']!r} -> {result['tokens']}  count={result['count']}")
-    print(f"continuations ({result['n_continuations']}): " + " ".join(c["token"] for c in result["continuations"]))
+    print(f"continuations ({result['n_continuations']}): " + " ".join(repr(c["text"]) for c in result["continuations"]))
     for d in result["documents"]:
         print(f"  [{d['id']}] {d['snippet']}")
     return 0

@@ -52,5 +52,5 @@ def run_index_demo(out: str | Path, n_passages: int = 2000) -> None:
     for text in [f" {name} eats", " lives near the", f" {name} is a"]:
         r = query_index(index, tok, text, limit=3)
         docs = ", ".join(d["id"] for d in r["documents"]) or "-"
-        conts = " ".join(c["token"] for c in r["continuations"][:8])
+        conts = " ".join(repr(c["text"]) for c in r["continuations"][:8])
         print(f"query {text!r}: count={r['count']}, next: {conts}, docs: {docs}")

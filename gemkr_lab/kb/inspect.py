@@ -45,7 +45,8 @@ def query_index(index: KBIndex, tokenizer: Any, text: str, limit: int = 10) -> d
         "tokens": tokenizer.convert_ids_to_tokens(ids),
         "count": index.count(ids),
         "continuations": [
-            {"id": int(t), "token": tokenizer.convert_ids_to_tokens(int(t))} for t in nxt[: max(limit * 5, 50)]
+            {"id": int(t), "token": tokenizer.convert_ids_to_tokens(int(t)), "text": tokenizer.decode([int(t)])}
+            for t in nxt[: max(limit * 5, 50)]
         ],
         "n_continuations": int(nxt.shape[0]),
         "n_documents": int(docs.shape[0]),
