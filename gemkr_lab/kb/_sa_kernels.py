@@ -163,3 +163,36 @@ def symbol_counts(text, sigma):
     for i in range(text.shape[0]):
         out[text[i]] += 1
     return out
+
+
+@nb.njit(cache=True)
+def merge_tables(ptrs, syms, bases, mode, out_sym):
+    """Union of K per-shard follower tables, symbol by symbol.
+
+    `ptrs[k]` is shard k's CSR pointer array and `syms[bases[k]:]` its symbols. Mode 0 returns the merged
+    pointer array only (the sizes); mode 1 also fills `out_sym`, sized by a mode-0 pass.
+    """
+    n_shards = ptrs.shape[0]
+    n_sym = ptrs.shape[1] - 1
+    ptr = np.zeros(n_sym + 1, dtype=np.int64)
+    buf = np.empty(0, dtype=syms.dtype)
+    k = 0
+    for c in range(n_sym):
+        total = 0
+        for s in range(n_shards):
+            total += ptrs[s, c + 1] - ptrs[s, c]
+        if buf.shape[0] < total:
+            buf = np.empty(total * 2, dtype=syms.dtype)
+        m = 0
+        for s in range(n_shards):
+            for j in range(ptrs[s, c], ptrs[s, c + 1]):
+                buf[m] = syms[bases[s] + j]
+                m += 1
+        part = np.sort(buf[:m])
+        for j in range(m):
+            if j == 0 or part[j] != part[j - 1]:
+                if mode == 1:
+                    out_sym[k] = part[j]
+                k += 1
+        ptr[c + 1] = k
+    return ptr

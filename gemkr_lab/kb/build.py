@@ -17,11 +17,12 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
+from gemkr_lab.kb import _sa_kernels as sak
 from gemkr_lab.kb.backends import BACKENDS, open_shard
 from gemkr_lab.kb.doc_ids import DocIds, save_doc_ids
 from gemkr_lab.kb.errors import IndexFormatError
 from gemkr_lab.kb.index import KBIndex
-from gemkr_lab.kb.storage import META_FILE, atomic_directory, read_meta, write_json
+from gemkr_lab.kb.storage import META_FILE, atomic_directory, load_array, read_meta, save_array, write_json
 from gemkr_lab.kb.suffix_array import INT32_BYTES_LIMIT
 
 FORMAT_NAME = "gemkr-kb-index"
@@ -132,6 +133,7 @@ def build_index(
                 }
             )
         Path(stream["path"]).unlink()
+        bigram = _merged_bigrams(staging, backend, shard_meta) if len(shard_meta) > 1 else None
         meta: dict[str, Any] = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -144,6 +146,7 @@ def build_index(
             "tokenizer_fingerprint": tokenizer_fingerprint,
             "corpus_fingerprint": corpus_fingerprint or stream["fingerprint"],
             "shards": shard_meta,
+            "bigram": bigram,
             "build": {"seconds": round(time.perf_counter() - started, 3), "host": platform.node()},
             "extra": extra_meta or {},
         }
@@ -188,13 +191,16 @@ def open_index(path: str | Path, *, tokenizer_fingerprint: str | None = None, ve
                 f"{tokenizer_fingerprint}; use the tokenizer the index was built with, or rebuild the index"
             )
         doc_ids = DocIds(path, meta["doc_ids"], verify) if "doc_ids" in meta else None
+        bigram = None
+        if meta.get("bigram"):
+            bigram = tuple(load_array(path, meta["bigram"][k], verify=verify) for k in ("bigram_ptr", "bigram_sym"))
         shards = [
             open_shard(backend, path / s["dir"], s["files"], s["n_docs"], meta["eos_id"] + 1, verify)
             for s in meta["shards"]
         ]
     except KeyError as exc:
         raise IndexFormatError(f"{where}: metadata lacks key {exc}; rebuild the index") from exc
-    return KBIndex(path, meta, shards, doc_ids)
+    return KBIndex(path, meta, shards, doc_ids, bigram)
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
@@ -293,19 +299,34 @@ def _slices(docs) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         seen += lens.shape[0]
 
 
+def _merged_bigrams(staging: Path, backend: str, shard_meta: list[dict[str, Any]]) -> dict[str, Any]:
+    """The KB-wide depth-1 follower table of a sharded index: the union of the shards' tables.
+
+    Without it, every beam's second decoding step would merge K lists of ~10^4 followers.
+    """
+    ptrs = np.stack([load_array(staging / s["dir"], s["files"]["bigram_ptr"], verify=False) for s in shard_meta])
+    parts = [load_array(staging / s["dir"], s["files"]["bigram_sym"], verify=False) for s in shard_meta]
+    bases = np.concatenate([[0], np.cumsum([p.shape[0] for p in parts])[:-1]]).astype(np.int64)
+    syms = np.concatenate(parts)
+    sizes = sak.merge_tables(ptrs, syms, bases, 0, syms[:0])
+    out = np.empty(int(sizes[-1]), dtype=syms.dtype)
+    ptr = sak.merge_tables(ptrs, syms, bases, 1, out)
+    return {"bigram_ptr": save_array(staging, "bigram_ptr", ptr), "bigram_sym": save_array(staging, "bigram_sym", out)}
+
+
 def _shard_bounds(lengths: np.ndarray, shards: int | str, cap: int) -> list[tuple[int, int]]:
     """Document ranges `[d0, d1)` of the shards (never empty; a document is never split)."""
     n = lengths.shape[0]
     sizes = np.cumsum(lengths + 1)
     if shards == "auto":
-        bounds, d0 = [], 0
-        while d0 < n:
-            base = sizes[d0 - 1] if d0 else 0
-            d1 = int(np.searchsorted(sizes, base + cap, side="right"))
-            d1 = max(d1, d0 + 1)  # a single document longer than the cap still gets a shard
-            bounds.append((d0, d1))
-            d0 = d1
-        return bounds
+        # as few shards as the cap allows, of equal size (a document is never split, so add one if needed)
+        k = max(1, -(-int(sizes[-1]) // cap))
+        while True:
+            bounds = _shard_bounds(lengths, min(k, n), cap)
+            widths = [int(sizes[d1 - 1] - (sizes[d0 - 1] if d0 else 0)) for d0, d1 in bounds]
+            if max(widths) <= cap or k >= n:
+                return bounds
+            k += 1
     if shards > n:
         raise ValueError(f"cannot cut {n} documents into {shards} shards")
     total = sizes[-1]

@@ -57,9 +57,18 @@ class KBIndex:
     Open one with `open_index`; build one with `build_index`.
     """
 
-    def __init__(self, path: Path, meta: dict[str, Any], shards: list[Shard], doc_ids: DocIds | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        meta: dict[str, Any],
+        shards: list[Shard],
+        doc_ids: DocIds | None = None,
+        bigram: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         self.path = path
         self._doc_ids = doc_ids
+        # the KB-wide depth-1 table: a sharded index's merged one, else the single shard's own
+        self._bigram = bigram or (shards[0].bigram_ptr, shards[0].bigram_sym)
         self.meta = meta
         self.shards = shards
         self.backend: str = meta["backend"]
@@ -261,14 +270,10 @@ class KBIndex:
         return np.flatnonzero(present).astype(np.int64) - 1
 
     def _bigram_tokens(self, states: BeamStates, j: int) -> np.ndarray:
-        parts = []
-        for k, shard in enumerate(self.shards):
-            lo, hi = states.lo[j, k], states.hi[j, k]
-            if hi > lo:
-                c = int(np.searchsorted(shard.C, lo, side="right") - 1)
-                parts.append(shard.bigram_sym[shard.bigram_ptr[c] : shard.bigram_ptr[c + 1]])
-        merged = parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
-        return merged.astype(np.int64) - 1
+        k = int(np.argmax(states.hi[j] > states.lo[j]))  # any shard where the one-token clue occurs
+        c = int(np.searchsorted(self.shards[k].C, states.lo[j, k], side="right") - 1)
+        ptr, sym = self._bigram
+        return sym[ptr[c] : ptr[c + 1]].astype(np.int64) - 1
 
     def _followers(self, states: BeamStates) -> tuple[list[np.ndarray], list[np.ndarray]]:
         per_shard = []

@@ -1,5 +1,7 @@
 """Both backends, sharded and unsharded, answer exactly as a brute-force n-gram scan."""
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -178,3 +180,18 @@ def test_doc_batches_and_single_documents_build_the_same_index(tmp_path, monkeyp
         np.testing.assert_array_equal(a.next_tokens(q), b.next_tokens(q))
     with pytest.raises(ValueError, match="do not add up"):
         build_index([DocBatch(flat[:5], np.array([2, 2]))], tmp_path / "c", eos_id=EOS, progress=False)
+
+
+@pytest.mark.parametrize("cap", [10, 25, 60, 1000])
+def test_auto_shards_are_balanced_and_within_the_cap(cap):
+    from gemkr_lab.kb.build import _shard_bounds
+
+    lengths = np.random.default_rng(cap).integers(0, 9, size=50)
+    bounds = _shard_bounds(lengths, "auto", cap)
+    widths = [int((lengths[d0:d1] + 1).sum()) for d0, d1 in bounds]
+    assert bounds[0][0] == 0 and bounds[-1][1] == 50
+    assert all(b[1] == c[0] for b, c in itertools.pairwise(bounds))
+    assert all(d1 > d0 for d0, d1 in bounds)
+    assert max(widths) <= cap
+    assert len(bounds) <= -(-sum(widths) // cap) + 1  # as few as the cap allows (one more for granularity)
+    assert max(widths) - min(widths) <= 2 * 10  # equal up to a document or so (documents hold <= 10 symbols)
