@@ -314,19 +314,32 @@ def _merged_bigrams(staging: Path, backend: str, shard_meta: list[dict[str, Any]
     return {"bigram_ptr": save_array(staging, "bigram_ptr", ptr), "bigram_sym": save_array(staging, "bigram_sym", out)}
 
 
+def _greedy_bounds(sizes: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """Fill shards in order up to `limit` symbols (a document larger than that gets a shard of its own)."""
+    bounds, d0 = [], 0
+    while d0 < sizes.shape[0]:
+        base = int(sizes[d0 - 1]) if d0 else 0
+        d1 = max(int(np.searchsorted(sizes, base + limit, side="right")), d0 + 1)
+        bounds.append((d0, d1))
+        d0 = d1
+    return bounds
+
+
 def _shard_bounds(lengths: np.ndarray, shards: int | str, cap: int) -> list[tuple[int, int]]:
     """Document ranges `[d0, d1)` of the shards (never empty; a document is never split)."""
     n = lengths.shape[0]
     sizes = np.cumsum(lengths + 1)
     if shards == "auto":
-        # as few shards as the cap allows, of equal size (a document is never split, so add one if needed)
-        k = max(1, -(-int(sizes[-1]) // cap))
-        while True:
-            bounds = _shard_bounds(lengths, min(k, n), cap)
-            widths = [int(sizes[d1 - 1] - (sizes[d0 - 1] if d0 else 0)) for d0, d1 in bounds]
-            if max(widths) <= cap or k >= n:
-                return bounds
-            k += 1
+        # the fewest shards the cap allows, then the smallest largest shard for that count
+        k = len(_greedy_bounds(sizes, cap))
+        lo, hi = -(-int(sizes[-1]) // k), max(cap, int((lengths + 1).max()))
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if len(_greedy_bounds(sizes, mid)) <= k:
+                hi = mid
+            else:
+                lo = mid + 1
+        return _greedy_bounds(sizes, lo)
     if shards > n:
         raise ValueError(f"cannot cut {n} documents into {shards} shards")
     total = sizes[-1]

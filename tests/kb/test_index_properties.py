@@ -184,7 +184,7 @@ def test_doc_batches_and_single_documents_build_the_same_index(tmp_path, monkeyp
 
 @pytest.mark.parametrize("cap", [10, 25, 60, 1000])
 def test_auto_shards_are_balanced_and_within_the_cap(cap):
-    from gemkr_lab.kb.build import _shard_bounds
+    from gemkr_lab.kb.build import _greedy_bounds, _shard_bounds
 
     lengths = np.random.default_rng(cap).integers(0, 9, size=50)
     bounds = _shard_bounds(lengths, "auto", cap)
@@ -193,5 +193,6 @@ def test_auto_shards_are_balanced_and_within_the_cap(cap):
     assert all(b[1] == c[0] for b, c in itertools.pairwise(bounds))
     assert all(d1 > d0 for d0, d1 in bounds)
     assert max(widths) <= cap
-    assert len(bounds) <= -(-sum(widths) // cap) + 1  # as few as the cap allows (one more for granularity)
-    assert max(widths) - min(widths) <= 2 * 10  # equal up to a document or so (documents hold <= 10 symbols)
+    sizes = np.cumsum(lengths + 1)
+    assert len(bounds) == len(_greedy_bounds(sizes, cap))  # as few shards as the cap allows
+    assert max(widths) <= -(-int(sizes[-1]) // len(bounds)) + 10  # balanced to within one document
