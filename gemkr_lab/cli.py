@@ -4,6 +4,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _index_build(args: argparse.Namespace) -> int:
@@ -56,6 +57,45 @@ def _index_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from gemkr_lab.metrics import AnswerRelevance, QrelsRelevance, evaluate, read_answers, read_qrels, read_run
+    from gemkr_lab.metrics.relevance import texts_for
+
+    run = read_run(args.run, dedup=args.dedup)
+    if args.qrels:
+        relevance = QrelsRelevance(read_qrels(args.qrels))
+    else:
+        if not args.corpus:
+            raise ValueError("--answers needs --corpus (the passages whose text is matched)")
+        wanted = {d for docs in run.values() for d in docs}
+        texts = texts_for(args.corpus, wanted)
+        missing = wanted - set(texts)
+        if missing:
+            raise ValueError(
+                f"{args.run}: {len(missing)} documents are not in {args.corpus} (e.g. {sorted(missing)[0]!r}); "
+                "score against the corpus the run was made from"
+            )
+        relevance = AnswerRelevance(read_answers(args.answers), texts, match=args.match)
+    ks = sorted({int(k) for k in args.k.split(",") if k.strip()})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"--k {args.k!r}: give positive cutoffs, e.g. 1,5,10")
+    ev = evaluate(run, relevance, ks)
+    for line in ev.warnings():
+        print(f"gemkr-lab: warning: {line}", file=sys.stderr)
+    if args.per_query:
+        from gemkr_lab.kb.storage import write_json
+
+        write_json(Path(args.per_query), {"means": ev.means, "per_query": ev.per_query})
+    if args.json:
+        print(json.dumps(ev.means, indent=2))
+    else:
+        n = len(ev.per_query)
+        print(f"{n} queries ({len(ev.missing_from_run)} without results)")
+        for name, value in ev.means.items():
+            print(f"{name:<10} {value:.4f}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gemkr_lab.kb.demo import run_index_demo
 
@@ -105,6 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--limit", type=int, default=10, help="documents to show")
     query.add_argument("--json", action="store_true")
     query.set_defaults(func=_index_query)
+
+    score = verbs.add_parser("score", help="score a TREC run against qrels or answer strings")
+    score.add_argument("--run", required=True, help="TREC run: qid Q0 docid rank score tag")
+    source = score.add_mutually_exclusive_group(required=True)
+    source.add_argument("--qrels", help="TREC qrels: qid 0 docid relevance (gold, as ReMuQ)")
+    source.add_argument("--answers", help='JSONL {"qid", "answers": [...]}: answer-substring relevance (OK-VQA)')
+    score.add_argument("--corpus", help="corpus file the run's documents come from (with --answers)")
+    score.add_argument(
+        "--match",
+        choices=["exact", "lower"],
+        default="exact",
+        help="exact: case-sensitive as GeMKR's evaluation; lower: lower-cased passage and answers",
+    )
+    score.add_argument("--k", default="1,5,10", help="cutoffs, comma-separated")
+    score.add_argument("--dedup", action="store_true", help="keep the best-ranked copy of a repeated document")
+    score.add_argument("--per-query", help="also write every query's values to this JSON file")
+    score.add_argument("--json", action="store_true", help="print the means as one JSON object")
+    score.set_defaults(func=_score)
 
     demo = verbs.add_parser("demo", help="the main job on embedded defaults")
     demo.add_argument("--out", default="runs/demo")
