@@ -1,5 +1,7 @@
-"""Retrieval scoring exactly as the benchmarks define it: TREC runs and qrels, answer-substring
-pseudo-relevance, and P@k / R@k (hit rate) / Recall@k / MRR@k averaged over every query.
+"""Retrieval scoring exactly as the benchmarks define it.
+
+TREC runs and qrels, answer-substring pseudo-relevance, and P@k / R@k (hit rate) / Recall@k / MRR@k
+averaged over every query.
 """
 
 from gemkr_lab.metrics.measures import METRICS, parse_metric
