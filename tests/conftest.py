@@ -30,3 +30,45 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    """A small byte-level BPE tokenizer trained here (nothing is downloaded)."""
+    from gemkr_lab.kb.demo import synthetic_passages
+    from gemkr_lab.kb.tokenize import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tokenizer")
+    texts = [p["text"] for p in synthetic_passages(300)] + ["the eiffel tower is in paris", "Ünïcode wörds"]
+    train_tokenizer(texts, out, vocab_size=400)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """A factory of random-initialised 2-layer Llamas small enough for CPU tests."""
+    return make_tiny_llama
+
+
+def make_tiny_llama(vocab_size: int, seed: int = 0, eos_id: int = 2, pad_id: int = 3):
+    """A random-initialised 2-layer Llama small enough for CPU tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+    )
+    return LlamaForCausalLM(cfg).eval()
