@@ -96,6 +96,19 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _baseline(args: argparse.Namespace) -> int:
+    from gemkr_lab.baselines import bm25_search, dense_search, kb_passages, read_queries
+    from gemkr_lab.metrics import write_run
+
+    queries = read_queries(args.queries)
+    ids, texts = kb_passages(args.corpus, dedup=args.dedup)
+    search = bm25_search if args.method == "bm25" else dense_search
+    ranked = search(ids, texts, queries, k=args.k)
+    write_run(args.out, ranked, tag=args.method)
+    print(f"{args.method}: {len(queries)} queries over {len(ids)} passages -> {args.out}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gemkr_lab.kb.demo import run_index_demo
 
@@ -163,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--per-query", help="also write every query's values to this JSON file")
     score.add_argument("--json", action="store_true", help="print the means as one JSON object")
     score.set_defaults(func=_score)
+
+    base = verbs.add_parser("baseline", help="BM25 or dense text retrieval over the same KB, as a TREC run")
+    base.add_argument("method", choices=["bm25", "dense"])
+    base.add_argument("--corpus", required=True, help="the KB's corpus file")
+    base.add_argument("--queries", required=True, help='JSONL {"qid", "text"}')
+    base.add_argument("--out", required=True, help="TREC run to write")
+    base.add_argument("--k", type=int, default=100, help="documents per query")
+    base.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep duplicate texts")
+    base.set_defaults(func=_baseline)
 
     demo = verbs.add_parser("demo", help="the main job on embedded defaults")
     demo.add_argument("--out", default="runs/demo")
