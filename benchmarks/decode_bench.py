@@ -35,8 +35,9 @@ def build_kb(n_docs: int, backend: str, work: Path):
     path = work / f"decode-kb-{backend}-{n_docs}"
     if (path / "meta.json").exists():
         return open_index(path, verify=False)
-    return build_index(ZipfWorkload(seed=0).batches(n_docs), path, eos_id=2, backend=backend,
-                       vocab_size=VOCAB_SIZE, progress=False)
+    return build_index(
+        ZipfWorkload(seed=0).batches(n_docs), path, eos_id=2, backend=backend, vocab_size=VOCAB_SIZE, progress=False
+    )
 
 
 def make_model(shape: str, device: str, dtype: torch.dtype):
@@ -44,8 +45,14 @@ def make_model(shape: str, device: str, dtype: torch.dtype):
 
     from gemkr_lab.kb.workload import VOCAB_SIZE
 
-    cfg = LlamaConfig(vocab_size=VOCAB_SIZE, max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
-                      pad_token_id=0, **SHAPES[shape])
+    cfg = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        **SHAPES[shape],
+    )
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(dtype)
@@ -108,13 +115,25 @@ def main() -> None:
     ratio = rows["constrained"]["seconds"] / rows["unconstrained"]["seconds"]
     payload = {
         "benchmark": args.name,
-        "environment": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                        "torch": torch.__version__, "device": args.device,
-                        "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-                        "date": time.strftime("%Y-%m-%d")},
-        "setup": {"docs": args.docs, "tokens": index.n_tokens, "backend": args.backend, "shape": args.shape,
-                  "dtype": args.dtype, "queries": args.queries, "prompt_len": args.prompt_len,
-                  "decoding": "diverse 10 groups x 1 beam, <= 9 tokens, batch 1"},
+        "environment": {
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "device": args.device,
+            "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+            "date": time.strftime("%Y-%m-%d"),
+        },
+        "setup": {
+            "docs": args.docs,
+            "tokens": index.n_tokens,
+            "backend": args.backend,
+            "shape": args.shape,
+            "dtype": args.dtype,
+            "queries": args.queries,
+            "prompt_len": args.prompt_len,
+            "decoding": "diverse 10 groups x 1 beam, <= 9 tokens, batch 1",
+        },
         "results": rows,
         "constrained_to_unconstrained_time_ratio": ratio,
         "target_ratio": 1.25,
@@ -123,13 +142,21 @@ def main() -> None:
     tmp = RESULTS / f".{args.name}.json.tmp"
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(RESULTS / f"{args.name}.json")
-    md = [f"# {args.name}", "", f"Setup: {payload['setup']}", f"Environment: {payload['environment']}", "",
-          "| mode | queries/s | ms/query | model ms/query | index ms/query | index share | clues in KB |",
-          "|---|---|---|---|---|---|---|"]
+    md = [
+        f"# {args.name}",
+        "",
+        f"Setup: {payload['setup']}",
+        f"Environment: {payload['environment']}",
+        "",
+        "| mode | queries/s | ms/query | model ms/query | index ms/query | index share | clues in KB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, r in rows.items():
-        md.append(f"| {name} | {r['queries_per_second']:.2f} | {r['ms_per_query']:.1f} | "
-                  f"{r['model_ms_per_query']:.1f} | {r['index_ms_per_query']:.2f} | {r['index_share']:.1%} | "
-                  f"{r['clues_found_in_kb']:.1%} |")
+        md.append(
+            f"| {name} | {r['queries_per_second']:.2f} | {r['ms_per_query']:.1f} | "
+            f"{r['model_ms_per_query']:.1f} | {r['index_ms_per_query']:.2f} | {r['index_share']:.1%} | "
+            f"{r['clues_found_in_kb']:.1%} |"
+        )
     md += ["", f"Constrained / unconstrained wall time: **{ratio:.3f}** (target <= 1.25)."]
     tmp = RESULTS / f".{args.name}.md.tmp"
     tmp.write_text("\n".join(md) + "\n")
