@@ -109,6 +109,33 @@ def _baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_world(args: argparse.Namespace) -> int:
+    from gemkr_lab.data.world import make_world
+
+    shown = make_world(args.out, seed=args.seed, size=args.size, overwrite=args.overwrite)
+    print(f"synthetic world ({args.size}, seed {args.seed}): {len(shown)} creatures -> {args.out}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from gemkr_lab.config import DataConfig
+    from gemkr_lab.data.prepare import Preparer
+
+    config = DataConfig(
+        dataset=args.dataset,
+        detector=args.detector,
+        yolo_weights=args.yolo_weights,
+        clue_max_tokens=args.clue_max_tokens,
+        clue_min_tokens=args.clue_min_tokens,
+    )
+    steps = Preparer(
+        config, args.data_root, args.out, tokenizer=args.tokenizer, backend=args.backend, force=args.force
+    ).run()
+    for s in steps:
+        print(f"{s['step']:<8} {s['status']:<8} {s['why']}" + (f": {s['detail']}" if s.get("detail") else ""))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gemkr_lab.kb.demo import run_index_demo
 
@@ -186,6 +213,26 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep duplicate texts")
     base.set_defaults(func=_baseline)
 
+    world = verbs.add_parser("make-world", help="write the synthetic multimodal world (deterministic)")
+    world.add_argument("--out", required=True)
+    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--size", choices=["small", "medium"], default="small")
+    world.add_argument("--overwrite", action="store_true")
+    world.set_defaults(func=_make_world)
+
+    prep = verbs.add_parser("prepare", help="index the KB, build clue targets, cache object regions")
+    prep.add_argument("dataset", choices=["okvqa-gs112k", "okvqa-wk21m", "remuq", "synthetic"])
+    prep.add_argument("--data-root", required=True, help="the dataset's downloaded files")
+    prep.add_argument("--out", required=True, help="where prepared files go")
+    prep.add_argument("--tokenizer", help="the LLM's tokenizer directory (default: DATA_ROOT/tokenizer)")
+    prep.add_argument("--backend", choices=["sa", "fm"], default="fm")
+    prep.add_argument("--detector", choices=["yolo", "ground_truth", "none"], default="ground_truth")
+    prep.add_argument("--yolo-weights", help="local YOLO weights (.pt/.onnx) for --detector yolo")
+    prep.add_argument("--clue-max-tokens", type=int, default=9)
+    prep.add_argument("--clue-min-tokens", type=int, default=2)
+    prep.add_argument("--force", action="store_true", help="redo every step")
+    prep.set_defaults(func=_prepare)
+
     demo = verbs.add_parser("demo", help="the main job on embedded defaults")
     demo.add_argument("--out", default="runs/demo")
     demo.set_defaults(func=_demo)
@@ -199,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KBError, FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (KBError, FileExistsError, FileNotFoundError, ValueError, KeyError) as exc:
         print(f"gemkr-lab: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,239 @@
+"""`gemkr-lab prepare`: index the KB, build clue targets, normalise queries, detect and cache regions.
+
+Idempotent: each step records a fingerprint of its inputs (file contents, tokenizer, knobs) in
+`<out>/stamps/<step>.json`, written after its outputs; a re-run skips a step whose fingerprint is unchanged
+and whose outputs are there, and `force=True` redoes every step. Region detection also resumes per image.
+"""
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from gemkr_lab.config.data import DataConfig
+from gemkr_lab.data.clue_targets import ClueFinder, ClueStats
+from gemkr_lab.data.datasets import Dataset
+from gemkr_lab.data.queries import DataError, ReadReport
+from gemkr_lab.data.regions import YoloDetector, ground_truth_regions, save_regions
+from gemkr_lab.kb import open_index
+from gemkr_lab.kb.from_corpus import build_index_from_corpus
+from gemkr_lab.kb.storage import write_json
+from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint
+from gemkr_lab.metrics.relevance import texts_for
+
+
+def file_fingerprint(path: Path) -> str:
+    """sha256 of a file's bytes (of every file, for a folder)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            while chunk := fh.read(16 << 20):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+class Preparer:
+    """Runs the preparation steps of one dataset into one output folder."""
+
+    def __init__(
+        self,
+        config: DataConfig,
+        data_root: str | Path,
+        out: str | Path,
+        tokenizer: str | Path | None = None,
+        backend: str = "fm",
+        force: bool = False,
+        progress: bool | None = None,
+    ) -> None:
+        self.config = config
+        self.dataset = Dataset(config.dataset, data_root)
+        self.out = Path(out)
+        tok_dir = Path(tokenizer) if tokenizer else self.dataset.root / "tokenizer"
+        if not tok_dir.is_dir():
+            raise DataError(f"{tok_dir}: no tokenizer; pass --tokenizer with the LLM's tokenizer directory")
+        self.tokenizer_dir = tok_dir
+        self.tokenizer = load_tokenizer(tok_dir)
+        self.backend = backend
+        self.force = force
+        self.progress = progress
+        self.summary: list[dict[str, str]] = []
+
+    def run(self) -> list[dict[str, str]]:
+        """Every step in order; returns what was made or skipped, and why."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        tok_fp = tokenizer_fingerprint(self.tokenizer)
+        corpus_fp = file_fingerprint(self.dataset.corpus)
+        self._step("index", {"corpus": corpus_fp, "tokenizer": tok_fp, "backend": self.backend}, self._index)
+        splits = [s for s in ("train", "test") if self.dataset.has_split(s)]
+        query_fps = {s: file_fingerprint(self.dataset.root / getattr(self.dataset.layout, s)) for s in splits}
+        self._step("queries", {"files": query_fps}, lambda: self._queries(splits))
+        if "train" in splits:
+            knobs = {"min": self.config.clue_min_tokens, "max": self.config.clue_max_tokens}
+            inputs = {"corpus": corpus_fp, "tokenizer": tok_fp, "train": query_fps["train"], "knobs": knobs}
+            self._step("clues", inputs, self._clues)
+        else:
+            self.summary.append({"step": "clues", "status": "skipped", "why": "the dataset has no train split"})
+        detector = {"kind": self.config.detector, "max": self.config.max_objects}
+        if self.config.detector == "yolo":
+            if not self.config.yolo_weights:
+                raise DataError("detector 'yolo' needs yolo_weights (a local weights file)")
+            detector |= {
+                "weights": file_fingerprint(Path(self.config.yolo_weights)),
+                "conf": self.config.detector_confidence,
+                "iou": self.config.detector_iou,
+            }
+        if self.config.detector == "none":
+            self.summary.append({"step": "regions", "status": "skipped", "why": "detector is 'none'"})
+        else:
+            self._step("regions", {"detector": detector, "queries": query_fps}, lambda: self._regions(splits))
+        write_json(self.out / "prepare_summary.json", {"dataset": self.config.dataset, "steps": self.summary})
+        return self.summary
+
+    # ---- steps -----------------------------------------------------------------------------------------
+
+    def _step(self, name: str, inputs: dict[str, Any], action: Callable[[], str]) -> None:
+        stamp = self.out / "stamps" / f"{name}.json"
+        fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+        if not self.force and stamp.is_file():
+            done = json.loads(stamp.read_text(encoding="utf-8"))
+            if done.get("fingerprint") == fingerprint and self._outputs_exist(name):
+                self.summary.append({"step": name, "status": "skipped", "why": "inputs unchanged since " + done["at"]})
+                return
+            why = "inputs changed" if done.get("fingerprint") != fingerprint else "outputs missing"
+        else:
+            why = "forced" if self.force and stamp.is_file() else "first run"
+        detail = action()
+        stamp.parent.mkdir(exist_ok=True)
+        write_json(stamp, {"fingerprint": fingerprint, "inputs": inputs, "at": _now(), "detail": detail})
+        self.summary.append({"step": name, "status": "made", "why": why, "detail": detail})
+
+    def _outputs_exist(self, name: str) -> bool:
+        expected = {
+            "index": [self.out / "index" / "meta.json"],
+            "queries": [self.out / "queries_test.jsonl"],
+            "clues": [self.out / "instructions_train.jsonl", self.out / "clue_stats.json"],
+            "regions": [self.out / "regions"],
+        }[name]
+        return all(p.exists() for p in expected)
+
+    def _index(self) -> str:
+        index = build_index_from_corpus(
+            self.dataset.corpus,
+            self.tokenizer_dir,
+            self.out / "index",
+            backend=self.backend,
+            overwrite=True,
+            progress=self.progress,
+        )
+        return f"{index.n_docs} documents, {index.n_tokens} tokens ({self.backend})"
+
+    def _queries(self, splits: list[str]) -> str:
+        parts = []
+        for split in splits:
+            report = ReadReport()
+            queries = self.dataset.queries(split, report)
+            _write_jsonl(self.out / f"queries_{split}.jsonl", (asdict(q) for q in queries))
+            skipped = ", ".join(f"{n} {why}" for why, n in report.skipped.items()) or "none skipped"
+            parts.append(f"{split}: {report.kept} queries ({skipped})")
+        return "; ".join(parts)
+
+    def _clues(self) -> str:
+        index = open_index(self.out / "index", tokenizer_fingerprint=tokenizer_fingerprint(self.tokenizer))
+        finder = ClueFinder(index, self.tokenizer, self.config.clue_min_tokens, self.config.clue_max_tokens)
+        stats, rows, missing = ClueStats(), [], 0
+        queries = self.dataset.queries("train")
+        # stream the corpus once for the texts of the relevant passages only (21M passages do not fit a dict)
+        texts = texts_for(self.dataset.corpus, {p for q in queries for p in q.positives})
+        for q in tqdm(queries, desc="clue targets", disable=_quiet(self.progress)):
+            stats.queries += 1
+            found = False
+            for pid in q.positives:
+                try:
+                    doc = index.position(pid)
+                except KeyError:
+                    missing += 1
+                    continue
+                stats.pairs += 1
+                clue = finder.find(doc, texts[index.corpus_id(doc)], q.answers)
+                if clue is None:
+                    continue
+                found = True
+                stats.with_clue += 1
+                stats.overlapping_answer += clue.overlaps_answer
+                stats.lengths[len(clue.tokens)] += 1
+                rows.append(
+                    {
+                        "qid": q.qid,
+                        "image_id": q.image_id,
+                        "question": q.question,
+                        "caption": q.caption,
+                        "clue_tokens": clue.tokens,
+                        "clue_text": clue.text,
+                        "doc_id": index.corpus_id(doc),
+                        "overlaps_answer": clue.overlaps_answer,
+                    }
+                )
+            stats.queries_without_clue += not found
+        summary = stats.summary() | {"relevant_passages_absent_from_corpus": missing}
+        _write_jsonl(self.out / "instructions_train.jsonl", rows)
+        write_json(self.out / "clue_stats.json", summary)
+        return (
+            f"{stats.with_clue}/{stats.pairs} pairs with a clue ({summary['coverage']:.1%}), "
+            f"{stats.queries_without_clue} queries without one, {missing} relevant ids absent from the corpus"
+        )
+
+    def _regions(self, splits: list[str]) -> str:
+        cache = self.out / "regions"
+        if self.force and cache.exists():
+            shutil.rmtree(cache)
+        cache.mkdir(exist_ok=True)
+        image_ids = sorted({q.image_id for s in splits for q in self.dataset.queries(s)})
+        todo = [i for i in image_ids if not (cache / f"{i}.json").is_file()]  # resume an interrupted run
+        images = self.dataset.images()
+        counts = []
+        if self.config.detector == "ground_truth":
+            boxes = self.dataset.ground_truth_boxes()
+            for image_id in tqdm(todo, desc="regions", disable=_quiet(self.progress)):
+                regions = ground_truth_regions(boxes, image_id, self.config.max_objects)
+                save_regions(cache, image_id, images.load(image_id), regions)
+                counts.append(len(regions))
+        else:
+            detector = YoloDetector(
+                self.config.yolo_weights,
+                self.config.detector_confidence,
+                self.config.detector_iou,
+                self.config.max_objects,
+            )
+            for start in tqdm(range(0, len(todo), 16), desc="regions", disable=_quiet(self.progress)):
+                batch = todo[start : start + 16]
+                loaded = [images.load(i) for i in batch]
+                for image_id, img, regions in zip(batch, loaded, detector.detect(loaded), strict=True):
+                    save_regions(cache, image_id, img, regions)
+                    counts.append(len(regions))
+        empty = sum(1 for c in counts if c == 0)
+        return f"{len(todo)} images detected ({len(image_ids) - len(todo)} cached), {empty} without any region"
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps(r) + "\n")
+    tmp.replace(path)
+
+
+def _quiet(progress: bool | None) -> bool | None:
+    return None if progress is None else not progress
+
+
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
