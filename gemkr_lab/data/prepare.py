@@ -59,6 +59,11 @@ class Preparer:
         if not tok_dir.is_dir():
             raise DataError(f"{tok_dir}: no tokenizer; pass --tokenizer with the LLM's tokenizer directory")
         self.tokenizer_dir = tok_dir
+        if config.detector == "yolo":  # bad detector input fails here, before any work
+            if not config.yolo_weights:
+                raise DataError("detector 'yolo' needs yolo_weights (a local weights file; nothing is downloaded)")
+            if not Path(config.yolo_weights).is_file():
+                raise DataError(f"{config.yolo_weights}: no such YOLO weights file (give a local .pt or .onnx)")
         self.tokenizer = load_tokenizer(tok_dir)
         self.backend = backend
         self.force = force
@@ -82,8 +87,6 @@ class Preparer:
             self.summary.append({"step": "clues", "status": "skipped", "why": "the dataset has no train split"})
         detector = {"kind": self.config.detector, "max": self.config.max_objects}
         if self.config.detector == "yolo":
-            if not self.config.yolo_weights:
-                raise DataError("detector 'yolo' needs yolo_weights (a local weights file)")
             detector |= {
                 "weights": file_fingerprint(Path(self.config.yolo_weights)),
                 "conf": self.config.detector_confidence,
