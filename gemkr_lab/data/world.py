@@ -1,6 +1,6 @@
 """The synthetic multimodal world: the embedded default dataset, small enough to train on 2 CPU cores.
 
-Made-up creatures, each with a distinct look (shape, colour, pattern; size varies between scenes), are
+Made-up creatures, each with a distinct look (size, shape, colour, pattern), are
 drawn into scene images among grey distractor objects. The KB holds one passage per creature and fact
 (what it eats, where it lives, when it was first seen, what it collects), naming the creature and its
 look, plus distractor passages about creatures that never appear. A query is a scene and a question such
@@ -62,6 +62,7 @@ class Creature:
     """One entity of the world: a unique look and one value per fact."""
 
     name: str
+    size: str
     shape: str
     colour: str
     pattern: str
@@ -70,7 +71,7 @@ class Creature:
     @property
     def look(self) -> str:
         """How a passage describes its appearance."""
-        return f"{self.colour} {self.pattern} {self.shape}"
+        return f"{self.size} {self.colour} {self.pattern} {self.shape}"
 
 
 def make_world(out: str | Path, seed: int = 0, size: Literal["small", "medium"] = "small", overwrite: bool = False):
@@ -79,7 +80,7 @@ def make_world(out: str | Path, seed: int = 0, size: Literal["small", "medium"] 
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     spec = SIZES[size]
     rng = random.Random(seed)
-    looks = [(s, c, p) for s in SHAPES for c in COLOURS for p in PATTERNS]
+    looks = [(z, s, c, p) for z in ("small", "large") for s in SHAPES for c in COLOURS for p in PATTERNS]
     rng.shuffle(looks)
     names = _names(rng, spec["creatures"] + spec["distractors"])
     creatures = [_creature(rng, n, look) for n, look in zip(names, looks, strict=False)]
@@ -138,7 +139,7 @@ def _names(rng: random.Random, n: int) -> list[str]:
     return out
 
 
-def _creature(rng: random.Random, name: str, look: tuple[str, str, str]) -> Creature:
+def _creature(rng: random.Random, name: str, look: tuple[str, str, str, str]) -> Creature:
     return Creature(name, *look, facts={fact: rng.choice(values) for fact, values in VALUES.items()})
 
 
@@ -171,7 +172,12 @@ def _draw_scene(rng: random.Random, c: Creature, side: int, path: Path) -> list[
     img = Image.new("RGB", (side, side), (235, 235, 228))
     draw = ImageDraw.Draw(img)
     placed: list[tuple[int, int, int, int]] = []
-    target = rng.randint(side * 2 // 5, side // 2)
+    # a large creature fills 45-55% of the side, a small one 28-36%; grey distractors stay under 20%
+    target = (
+        rng.randint(side * 45 // 100, side * 55 // 100)
+        if c.size == "large"
+        else rng.randint(side * 28 // 100, side * 36 // 100)
+    )
     box = _place(rng, side, target, placed)
     _draw_object(img, draw, box, c.shape, COLOURS[c.colour], c.pattern)
     objects = [{"box": list(box), "label": "creature", "is_target": True}]
