@@ -174,8 +174,10 @@ _UNUSED = ("ln_post.weight", "ln_post.bias", "proj")  # the raw last-block outpu
 
 
 def load_vision_weights(tower: VisionTransformer, path: str, spec_name: str) -> None:
-    """Load a local checkpoint into the tower: an open_clip state dict (full CLIP, `visual.*`) or LAVIS's
-    EVA ViT-g (`blocks.*`), with a clear error when it does not fit the architecture.
+    """Load a local checkpoint into the tower, with a clear error when it does not fit the architecture.
+
+    Accepts an open_clip state dict (a full CLIP's `visual.*` or the tower's own keys) or LAVIS's EVA ViT-g
+    (`blocks.*`).
     """
     from pathlib import Path
 
