@@ -2,5 +2,7 @@
 
 from gemkr_lab.config.data import DataConfig
 from gemkr_lab.config.decoding import DecodingConfig
+from gemkr_lab.config.model import ModelConfig
+from gemkr_lab.config.train import TrainConfig
 
-__all__ = ["DataConfig", "DecodingConfig"]
+__all__ = ["DataConfig", "DecodingConfig", "ModelConfig", "TrainConfig"]

@@ -1,0 +1,165 @@
+"""The LightningDataModule: instruction rows + images + cached regions -> `Batch`es.
+
+Region features are the frozen tower's CLS of each cached crop (gemkr_spec.md §2.2), computed once per
+image when the data is set up and kept in memory. With `DataConfig.zero_region_features_at_test` the test
+split gets none, reproducing the official bug.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2 as T
+
+from gemkr_lab.config.data import DataConfig
+from gemkr_lab.data.datasets import Dataset as Benchmark
+from gemkr_lab.data.prompt import build_prompt
+from gemkr_lab.data.regions import load_regions
+from gemkr_lab.model.gemkr import Batch
+from gemkr_lab.model.vision import PrefixedViT
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def image_transform(size: int) -> T.Compose:
+    """The official eval transform: bicubic resize to size x size (no crop), CLIP normalisation."""
+    return T.Compose(
+        [
+            T.ToImage(),
+            T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(CLIP_MEAN, CLIP_STD),
+        ]
+    )
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch), so that a resumed run sees the same order."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at every epoch start."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.n))
+        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class _Rows(Dataset):
+    def __init__(self, rows: list[dict], owner: "GeMKRDataModule", split: str) -> None:
+        self.rows, self.owner, self.split = rows, owner, split
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.owner.item(self.rows[i], self.split)
+
+
+class GeMKRDataModule(L.LightningDataModule):
+    """Serves instruction rows (train) and queries (test) of a prepared dataset."""
+
+    def __init__(
+        self,
+        prepared: str | Path,
+        data_root: str | Path,
+        tokenizer: Any,
+        data_config: DataConfig,
+        vision: PrefixedViT,
+        batch_size: int,
+        seed: int = 42,
+        num_workers: int = 0,
+        limit_train: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.prepared, self.tokenizer, self.config = Path(prepared), tokenizer, data_config
+        self.benchmark = Benchmark(data_config.dataset, data_root)
+        self.vision, self.batch_size, self.seed, self.num_workers = vision, batch_size, seed, num_workers
+        self.limit_train = limit_train
+        self.transform = image_transform(vision.spec.image_size)
+        self._features: dict[tuple[str, str], torch.Tensor] = {}
+        self._images = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the prepared rows (files named in the errors if `prepare` has not run)."""
+        self.train_rows = _read_jsonl(self.prepared / "instructions_train.jsonl")[: self.limit_train]
+        self.test_rows = _read_jsonl(self.prepared / "queries_test.jsonl")
+        self._images = self.benchmark.images()
+
+    def region_features(self, image_id: str, split: str) -> torch.Tensor:
+        """[P, width] CLS features of the image's cached crops (zero rows for absent objects)."""
+        key = (image_id, split)
+        if key not in self._features:
+            spec, p = self.vision.spec, self.vision.config.prefix_length
+            out = torch.zeros(p, spec.width)
+            zero_at_test = self.config.zero_region_features_at_test
+            regions = load_regions(self.prepared / "regions", image_id, split, zero_at_test)[:p]
+            if regions and self.config.detector != "none":
+                crops = torch.stack([self.transform(crop) for _, crop in regions])
+                out[: len(regions)] = self.vision.encode_regions(crops).float()
+            self._features[key] = out
+        return self._features[key]
+
+    def item(self, row: dict, split: str) -> dict[str, Any]:
+        """One sample: image tensor, region features, tokenised prompt parts and (train) the clue."""
+        before, after = build_prompt(row["question"], row.get("caption", ""), self.config.append_caption)
+        tok = self.tokenizer
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        return {
+            "qid": row["qid"],
+            "image": self.transform(self._images.load(row["image_id"])),
+            "objects": self.region_features(row["image_id"], split),
+            "before": bos + tok(before, add_special_tokens=False)["input_ids"],
+            "after": tok(after, add_special_tokens=False)["input_ids"],
+            "target": row.get("clue_tokens"),
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled by (seed, epoch)."""
+        ds = _Rows(self.train_rows, self, "train")
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=EpochSampler(len(ds), self.seed),
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            drop_last=False,
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        """Test queries in file order."""
+        ds = _Rows(self.test_rows, self, "test")
+        return DataLoader(
+            ds, batch_size=self.batch_size, shuffle=False, collate_fn=collate, num_workers=self.num_workers
+        )
+
+
+def collate(items: list[dict[str, Any]]) -> Batch:
+    """Stack images and region features; keep token lists per sample (padded by the model)."""
+    targets = [it["target"] for it in items]
+    return Batch(
+        images=torch.stack([it["image"] for it in items]),
+        objects=torch.stack([it["objects"] for it in items]),
+        before=[it["before"] for it in items],
+        after=items[0]["after"],
+        targets=None if any(t is None for t in targets) else targets,
+        qids=[it["qid"] for it in items],
+    )
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not prepared; run gemkr-lab prepare first")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

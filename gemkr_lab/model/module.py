@@ -1,0 +1,80 @@
+"""The LightningModule: loss, AdamW with the paper's schedule, trainable-only checkpoints.
+
+Checkpoints also carry the RNG states, so that a resumed run continues exactly.
+"""
+
+import math
+import random
+
+import lightning as L
+import numpy as np
+import torch
+
+from gemkr_lab.config.model import ModelConfig
+from gemkr_lab.config.train import TrainConfig
+from gemkr_lab.model.gemkr import Batch, GeMKR
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup from `warmup_start_lr` to `lr`, then cosine to `min_lr` over `max_steps`.
+
+    The warmup lies inside the cosine horizon, as in the official runner.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.warmup_start_lr + (cfg.lr - cfg.warmup_start_lr) * step / max(cfg.warmup_steps, 1)
+    progress = min(step / max(cfg.max_steps, 1), 1.0)
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class GeMKRModule(L.LightningModule):
+    """Trains `GeMKR` on clue targets."""
+
+    def __init__(self, model_config: ModelConfig, train_config: TrainConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.model_config, self.train_config = model_config, train_config
+        self.model = GeMKR(model_config, vocab_size)
+        self.strict_loading = False  # checkpoints hold the trainable parameters only
+
+    def on_fit_start(self) -> None:
+        """Print what is trained, per component."""
+        if self.trainer.is_global_zero:
+            parts = ", ".join(f"{k} {v:,}" for k, v in self.model.components().items())
+            print(f"trainable parameters: {parts}")
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        """Cross-entropy on clue tokens and EOS."""
+        loss = self.model(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch.images.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        """AdamW: decay on >= 2-D parameters only; the schedule steps every optimizer step."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": self.train_config.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        opt = torch.optim.AdamW(groups, lr=self.train_config.lr, betas=(0.9, 0.999))
+        cfg = self.train_config
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_at(step, cfg) / cfg.lr)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keep only trainable parameters; store the RNG states for an exact resume."""
+        keep = {f"model.{k}" for k in self.model.trainable_state_dict()}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        checkpoint["rng"] = {  # plain tensors and tuples: Lightning loads checkpoints with weights_only=True
+            "torch": torch.get_rng_state(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+            "python": random.getstate(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restore the RNG states saved with the checkpoint."""
+        rng = checkpoint.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            kind, keys, pos, has_gauss, gauss = rng["numpy"]
+            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+            random.setstate(rng["python"])

@@ -1,0 +1,78 @@
+"""Fit a GeMKR model on a prepared dataset with Lightning; resume from the last checkpoint when asked."""
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from gemkr_lab.config.data import DataConfig
+from gemkr_lab.config.model import ModelConfig
+from gemkr_lab.config.train import TrainConfig
+from gemkr_lab.model.datamodule import GeMKRDataModule
+from gemkr_lab.model.module import GeMKRModule
+
+
+def fit(
+    prepared: str | Path,
+    data_root: str | Path,
+    tokenizer: Any,
+    out: str | Path,
+    *,
+    model_config: ModelConfig,
+    data_config: DataConfig,
+    train_config: TrainConfig,
+    resume: bool = True,
+    limit_train: int | None = None,
+    logger: Any = False,
+    callbacks: list | None = None,
+    accelerator: str = "auto",
+) -> GeMKRModule:
+    """Train for `train_config.max_steps` optimizer steps; checkpoints go to `out/checkpoints`.
+
+    With `resume`, an existing `last.ckpt` is continued (weights, optimizer, schedule, RNG, loop position).
+    """
+    out = Path(out)
+    L.seed_everything(train_config.seed, workers=True, verbose=False)
+    module = GeMKRModule(model_config, train_config, len(tokenizer))
+    data = GeMKRDataModule(
+        prepared,
+        data_root,
+        tokenizer,
+        data_config,
+        module.model.vision,
+        train_config.batch_size,
+        seed=train_config.seed,
+        num_workers=train_config.num_workers,
+        limit_train=limit_train,
+    )
+    ckpt_dir = out / "checkpoints"
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        save_last=True,
+        save_top_k=0,
+        every_n_epochs=train_config.checkpoint_every_n_epochs,
+        save_on_train_epoch_end=True,
+    )
+    trainer = L.Trainer(
+        max_steps=train_config.max_steps,
+        accumulate_grad_batches=train_config.accumulate_grad_batches,
+        gradient_clip_val=train_config.gradient_clip_val,
+        precision=train_config.precision,
+        strategy=train_config.strategy,
+        devices=train_config.devices,
+        accelerator=accelerator,
+        deterministic=train_config.deterministic,
+        default_root_dir=str(out),
+        logger=logger,
+        callbacks=[checkpoint, *(callbacks or [])],
+        enable_progress_bar=sys.stderr.isatty(),  # quiet in logs and CI
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    last = ckpt_dir / "last.ckpt"
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.is_file() else None)
+    module.datamodule = data  # type: ignore[attr-defined]
+    return module
