@@ -57,7 +57,7 @@ class Batch:
     """Query ids, for the decoder's records."""
 
 
-def build_llm(config: ModelConfig, vocab_size: int, *, meta: bool = False, shape: str | None = None) -> nn.Module:
+def build_llm(config: ModelConfig, vocab_size: int, *, device: str = "cpu", shape: str | None = None) -> nn.Module:
     """The causal LM: a local checkpoint, a named shape (random, for counting/benchmarks) or the tiny one."""
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
@@ -65,7 +65,7 @@ def build_llm(config: ModelConfig, vocab_size: int, *, meta: bool = False, shape
     if shape is not None or config.llm == "tiny-llama":
         dims = LLM_SHAPES[shape] if shape is not None else {"vocab_size": vocab_size, **config.tiny_llm}
         cfg = LlamaConfig(max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=0, **dims)
-        with torch.device("meta" if meta else "cpu"):
+        with torch.device(device):
             return LlamaForCausalLM(cfg).to(dtype)
     path = Path(config.llm)
     if not path.is_dir():
@@ -86,16 +86,17 @@ def build_llm(config: ModelConfig, vocab_size: int, *, meta: bool = False, shape
 class GeMKR(nn.Module):
     """The trainable model; `components()` names the parameter groups the paper counts."""
 
-    def __init__(self, config: ModelConfig, vocab_size: int, *, meta: bool = False, llm_shape: str | None = None):
+    def __init__(self, config: ModelConfig, vocab_size: int, *, device: str = "cpu", llm_shape: str | None = None):
+        """Build every part on `device` ("meta": shapes only, for counting); `llm_shape` names a random LLM."""
         super().__init__()
         self.config = config
-        with torch.device("meta" if meta else "cpu"):
+        with torch.device(device):
             self.vision = PrefixedViT(config)
-        if config.vision_weights and not meta:
+        if config.vision_weights and device != "meta":
             load_vision_weights(self.vision.tower, config.vision_weights, config.vision_model)
-        llm = build_llm(config, vocab_size, meta=meta, shape=llm_shape)
+        llm = build_llm(config, vocab_size, device=device, shape=llm_shape)
         width, hidden = self.vision.spec.width, llm.config.hidden_size
-        with torch.device("meta" if meta else "cpu"):
+        with torch.device(device):
             # official: ln_vision freshly initialised (identity affine) and frozen, then one Linear
             self.visual_norm = nn.LayerNorm(width)
             self.projector = nn.Linear(width, hidden)
@@ -197,4 +198,4 @@ def _pad(seqs: list[torch.Tensor], left: bool) -> tuple[torch.Tensor, torch.Tens
 
 def count_trainable(config: ModelConfig, llm_shape: str) -> "OrderedDict[str, int]":
     """Trainable parameters of a configuration, built on the meta device (no weights, no memory)."""
-    return GeMKR(config, LLM_SHAPES[llm_shape]["vocab_size"], meta=True, llm_shape=llm_shape).components()
+    return GeMKR(config, LLM_SHAPES[llm_shape]["vocab_size"], device="meta", llm_shape=llm_shape).components()
