@@ -9,9 +9,11 @@ class ModelConfig:
     """Vision front end, projector and LLM. Defaults follow the official code where it is not buggy."""
 
     # ---- vision ----
+    use_image: bool = True
+    """Ablation "text only": off = the LLM sees no visual tokens, only the question (and caption)."""
     vision_model: str = "ViT-L-14"
-    """open_clip architecture: "ViT-L-14" (the paper), "EVA-g-14-39" (the official code's EVA ViT-g, 39
-    blocks), or a tiny config such as "tiny-vit" for CPU runs."""
+    """Vision tower: "ViT-L-14" (the paper), "EVA-g-14-39" (the official code's EVA ViT-g, 39 blocks),
+    "tiny-vit" for CPU runs, or any open_clip architecture with a native ViT tower (e.g. "ViT-B-16")."""
     vision_weights: str | None = None
     """Local path of the vision tower's weights (an open_clip checkpoint, or LAVIS's eva_vit_g.pth for
     EVA-g); None = random initialisation (tiny CPU runs, benchmarks)."""

@@ -101,6 +101,9 @@ class GeMKR(nn.Module):
             self.visual_norm = nn.LayerNorm(width)
             self.projector = nn.Linear(width, hidden)
         self.visual_norm.requires_grad_(config.train_visual_norm)
+        if not config.use_image:  # text only: the visual path exists but is neither used nor trained
+            for module in (self.vision, self.visual_norm, self.projector):
+                module.requires_grad_(False)
         for p in llm.parameters():
             p.requires_grad_(not config.use_lora)  # LoRA: frozen base; else full fine-tuning
         if config.use_lora:
@@ -125,15 +128,18 @@ class GeMKR(nn.Module):
 
     def components(self) -> "OrderedDict[str, int]":
         """Trainable parameters per component (what `train` prints when it starts)."""
+
+        def trainable(params) -> int:
+            return sum(p.numel() for p in params if p.requires_grad)
+
+        has_prefix = self.config.use_object_prefix
         parts = OrderedDict()
-        parts["prefix"] = self.vision.prefix.numel() if self.config.use_object_prefix else 0
-        parts["gates"] = self.vision.gate.numel() if self.config.use_object_prefix and self.config.use_gate else 0
-        parts["vision tower"] = sum(p.numel() for p in self.vision.tower.parameters() if p.requires_grad)
-        parts["visual norm"] = sum(p.numel() for p in self.visual_norm.parameters() if p.requires_grad)
-        parts["projector"] = sum(p.numel() for p in self.projector.parameters())
-        parts["llm (lora)" if self.config.use_lora else "llm (full)"] = sum(
-            p.numel() for p in self.llm.parameters() if p.requires_grad
-        )
+        parts["prefix"] = trainable([self.vision.prefix]) if has_prefix else 0
+        parts["gates"] = trainable([self.vision.gate]) if has_prefix and self.config.use_gate else 0
+        parts["vision tower"] = trainable(self.vision.tower.parameters())
+        parts["visual norm"] = trainable(self.visual_norm.parameters())
+        parts["projector"] = trainable(self.projector.parameters())
+        parts["llm (lora)" if self.config.use_lora else "llm (full)"] = trainable(self.llm.parameters())
         parts["total"] = sum(parts.values())
         return parts
 
@@ -145,7 +151,12 @@ class GeMKR(nn.Module):
     # ---- computation -------------------------------------------------------------------------------------
 
     def visual_tokens(self, images: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
-        """[B, 1 + K, hidden]: CLS and the first K object-aware prefix tokens, normalised and projected."""
+        """[B, 1 + K, hidden]: CLS and the first K object-aware prefix tokens, normalised and projected.
+
+        Text-only models (`use_image` off) get [B, 0, hidden]: the LLM sees no visual token.
+        """
+        if not self.config.use_image:
+            return self.projector.weight.new_zeros(images.shape[0], 0, self.projector.out_features)
         cls, prefix = self.vision(images, objects)
         tokens = torch.cat([cls[:, None], prefix[:, : self.config.object_tokens]], dim=1)
         return self.projector(self.visual_norm(tokens.float()).to(self.projector.weight.dtype))

@@ -51,10 +51,27 @@ VISION_SPECS = {
 
 
 def vision_spec(name: str) -> VisionSpec:
-    """The spec of a vision model name, with the supported names in the error."""
-    if name not in VISION_SPECS:
-        raise ValueError(f"unknown vision_model {name!r}; supported: {', '.join(VISION_SPECS)}")
-    return VISION_SPECS[name]
+    """The spec of a vision model: ours above, or any open_clip architecture with a native ViT tower."""
+    if name in VISION_SPECS:
+        return VISION_SPECS[name]
+    import open_clip
+
+    cfg = open_clip.get_model_config(name)
+    vision = (cfg or {}).get("vision_cfg", {})
+    if not cfg or "timm_model_name" in vision or isinstance(vision.get("layers"), list | tuple):
+        raise ValueError(
+            f"unknown vision_model {name!r}; supported: {', '.join(VISION_SPECS)} or an open_clip ViT "
+            "(timm- and ResNet-based towers are not)"
+        )
+    return VisionSpec(
+        image_size=vision["image_size"],
+        patch_size=vision["patch_size"],
+        width=vision["width"],
+        layers=vision["layers"],
+        head_width=vision.get("head_width", 64),
+        mlp_ratio=vision.get("mlp_ratio", 4.0),
+        quick_gelu=bool(cfg.get("quick_gelu", False)),
+    )
 
 
 def default_prefix_layers(spec: VisionSpec) -> int:

@@ -61,6 +61,11 @@ def test_visual_tokens_follow_the_switches():
     assert full.components()["llm (full)"] == sum(p.numel() for p in full.llm.parameters())
     normed = GeMKR(dataclasses.replace(TINY, train_visual_norm=True), 32).components()
     assert normed["visual norm"] == 2 * 64
+    text_only = GeMKR(dataclasses.replace(TINY, use_image=False), 32)
+    assert text_only.visual_tokens(batch.images, batch.objects).shape == (2, 0, 64)
+    assert text_only(_batch()).isfinite()
+    parts = text_only.components()
+    assert parts["prefix"] == parts["gates"] == parts["projector"] == 0 and parts["total"] == parts["llm (lora)"]
 
 
 def test_prompt_embeds_are_left_padded():

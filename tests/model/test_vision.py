@@ -155,3 +155,13 @@ def test_eva_checkpoint_conversion_is_equivalent():
     with torch.no_grad():
         a, b = tower._embeds(images), converted._embeds(images)
         torch.testing.assert_close(tower.transformer(a), converted.transformer(b))
+
+
+def test_any_open_clip_vit_architecture_is_accepted():
+    spec = vision_spec("ViT-B-32")
+    assert (spec.width, spec.layers, spec.patch_size, spec.heads) == (768, 12, 32, 12)
+    assert vision_spec("ViT-B-16-quickgelu").quick_gelu
+    with pytest.raises(ValueError, match="timm- and ResNet-based towers are not"):
+        vision_spec("RN50")
+    with pytest.raises(ValueError, match="unknown vision_model"):
+        vision_spec("EVA01-g-14")  # timm-based in open_clip: use EVA-g-14-39 with LAVIS weights instead
