@@ -136,10 +136,51 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from gemkr_lab.kb.demo import run_index_demo
+def _train(args: argparse.Namespace) -> int:
+    from gemkr_lab.config.experiment import load_experiment
+    from gemkr_lab.run.cell import run_cell, run_dir
 
-    run_index_demo(args.out)
+    config = load_experiment(args.experiment, args.overrides)
+    means = run_cell(config, args.seed, args.root, list(args.overrides))
+    print(f"{config.name} seed {args.seed} -> {run_dir(args.root, config.name, args.seed)}")
+    print("  ".join(f"{k} {100 * v:.1f}" for k, v in means.items() if k in ("P@5", "R@5", "R@10", "MRR@10")))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from gemkr_lab.config.experiment import load_experiment
+    from gemkr_lab.run.cell import evaluate_cell
+
+    config = load_experiment(args.experiment, args.overrides)
+    means = evaluate_cell(config, args.seed, args.root)
+    print("  ".join(f"{k} {100 * v:.1f}" for k, v in means.items() if k in ("P@5", "R@5", "R@10", "MRR@10")))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from gemkr_lab.sweep.grid import load_sweep, run_sweep
+
+    sweep = load_sweep(args.sweep)
+    result = run_sweep(sweep, workers=args.workers, retries=args.retries)
+    print(f"sweep {sweep.name}: {result['complete']}/{result['ran']} runs complete", end="")
+    print(f", failed: {result['failed']}" if result["failed"] else "")
+    return 1 if result["failed"] else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from gemkr_lab.report.table import write_report
+    from gemkr_lab.sweep.grid import load_sweep
+
+    table = write_report(load_sweep(args.sweep), args.out)
+    print(table.to_string(index=False))
+    print(f"-> {args.out}/table.{{md,tex,html,csv}}, ablation_r5.png")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from gemkr_lab.demo import run_demo
+
+    run_demo(workers=args.workers)
     return 0
 
 
@@ -233,8 +274,31 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--force", action="store_true", help="redo every step")
     prep.set_defaults(func=_prepare)
 
-    demo = verbs.add_parser("demo", help="the main job on embedded defaults")
-    demo.add_argument("--out", default="runs/demo")
+    for verb, func, text in (
+        ("train", _train, "train, decode and score one experiment cell (resumes an incomplete run)"),
+        ("run-cell", _train, "the same, as a sweep's worker process runs it"),
+        ("evaluate", _evaluate, "decode and score a trained run again with (overridden) decoding knobs"),
+    ):
+        cmd = verbs.add_parser(verb, help=text)
+        cmd.add_argument("experiment", help="preset under experiments/ (e.g. tiny-cpu/full) or a YAML path")
+        cmd.add_argument("overrides", nargs="*", help="key=value, e.g. train.max_steps=100 model.use_gate=false")
+        cmd.add_argument("--seed", type=int, default=0)
+        cmd.add_argument("--root", default="runs/experiments", help="run directories go under ROOT/CELL/seed-S")
+        cmd.set_defaults(func=func)
+
+    sweep = verbs.add_parser("sweep", help="run an ablation grid (idempotent, resumable)")
+    sweep.add_argument("sweep", help="sweep file, e.g. sweeps/demo.yaml")
+    sweep.add_argument("--workers", type=int, default=1, help="runs at a time, each in its own process")
+    sweep.add_argument("--retries", type=int, default=1, help="retries of a failed run")
+    sweep.set_defaults(func=_sweep)
+
+    report = verbs.add_parser("report", help="ablation table (md, tex, html, csv) and plot of a sweep")
+    report.add_argument("sweep")
+    report.add_argument("--out", required=True)
+    report.set_defaults(func=_report)
+
+    demo = verbs.add_parser("demo", help="the main job: world -> prepare -> demo ablation sweep -> report")
+    demo.add_argument("--workers", type=int, default=2)
     demo.set_defaults(func=_demo)
     return parser
 
@@ -246,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KBError, FileExistsError, FileNotFoundError, ValueError, KeyError) as exc:
+    except (KBError, FileExistsError, FileNotFoundError, ValueError, KeyError) as exc:  # ConfigError, DataError too
         print(f"gemkr-lab: error: {exc}", file=sys.stderr)
         return 2
 

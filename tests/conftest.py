@@ -72,3 +72,16 @@ def make_tiny_llama(vocab_size: int, seed: int = 0, eos_id: int = 2, pad_id: int
         pad_token_id=pad_id,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A prepared synthetic world (small, seed 0), shared by the tests that train or decode."""
+    from gemkr_lab.config import DataConfig
+    from gemkr_lab.data.prepare import Preparer
+    from gemkr_lab.data.world import make_world
+
+    root = tmp_path_factory.mktemp("tiny-world")
+    make_world(root / "w", seed=0)
+    Preparer(DataConfig(), root / "w", root / "p", progress=False).run()
+    return str(root / "w"), str(root / "p")

@@ -1,0 +1,120 @@
+"""Grid sweeps run each cell once (also with two commands at once), resume after a kill, and report."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from gemkr_lab.report.table import paired_randomization, write_report
+from gemkr_lab.run.cell import read_manifest, run_dir
+from gemkr_lab.sweep.grid import load_sweep, pending, run_sweep
+
+
+def _sweep_file(tmp_path, tiny_world, cells=("tiny-cpu/full", "tiny-cpu/text-only"), seeds=(0,), steps=4):
+    world, prepared = tiny_world
+    spec = {
+        "name": "t",
+        "root": str(tmp_path / "runs"),
+        "cells": list(cells),
+        "seeds": list(seeds),
+        "reference": cells[0],
+        "overrides": [
+            f"data_root={world}",
+            f"prepared={prepared}",
+            f"train.max_steps={steps}",
+            "limit_train=16",
+            "train.batch_size=8",
+            "decoding.num_groups=3",
+            "decoding.max_clue_tokens=4",
+        ],
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _attempts(sweep):
+    return {(c, s): read_manifest(run_dir(sweep.root, c, s))["attempts"] for c in sweep.cells for s in sweep.seeds}
+
+
+@pytest.mark.slow
+def test_grid_runs_each_cell_once_and_reports(tmp_path, tiny_world):
+    sweep = load_sweep(_sweep_file(tmp_path, tiny_world, seeds=(0, 1)))
+    result = run_sweep(sweep, workers=2, progress=False)
+    assert result["complete"] == 4 and not result["failed"]
+    assert pending(sweep) == []
+    again = run_sweep(sweep, workers=2, progress=False)
+    assert again["ran"] == 0  # idempotent
+    assert set(_attempts(sweep).values()) == {1}
+    manifest = read_manifest(run_dir(sweep.root, "tiny-cpu/full", 0))
+    assert manifest["git"]["commit"] and manifest["index"]["corpus_fingerprint"].startswith("sha256:")
+    assert manifest["packages"]["torch"] and manifest["decode_ms_per_query"] > 0
+    table = write_report(sweep, tmp_path / "report")
+    assert list(table.cell) == ["tiny-cpu/full", "tiny-cpu/text-only"]
+    assert table.loc[1, "seeds"] == "2/2" and table.loc[1, "p (R@5 vs tiny-cpu/full)"] != ""
+    for name in ("table.md", "table.tex", "table.html", "table.csv", "runs.json", "ablation_r5.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_two_sweep_commands_at_once_never_run_a_cell_twice(tmp_path, tiny_world):
+    path = _sweep_file(tmp_path, tiny_world, cells=("tiny-cpu/full", "tiny-cpu/text-only", "tiny-cpu/no-gate"))
+    cmd = [sys.executable, "-m", "gemkr_lab.cli", "sweep", str(path), "--workers", "1"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    for p in procs:
+        p.wait(timeout=600)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    sweep = load_sweep(path)
+    assert pending(sweep) == []
+    assert set(_attempts(sweep).values()) == {1}
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_keeping_completed_runs(tmp_path, tiny_world):
+    path = _sweep_file(tmp_path, tiny_world, cells=("tiny-cpu/full", "tiny-cpu/text-only"), steps=40)
+    sweep = load_sweep(path)
+    cmd = [sys.executable, "-m", "gemkr_lab.cli", "sweep", str(path), "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    second = run_dir(sweep.root, "tiny-cpu/text-only", 0)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (second / "manifest.json").is_file():
+        time.sleep(0.2)  # the first cell completed, the second is training
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker process, mid-trial
+    proc.wait()
+    assert read_manifest(run_dir(sweep.root, "tiny-cpu/full", 0))["status"] == "complete"
+    assert read_manifest(second)["status"] == "running"
+    result = run_sweep(sweep, workers=1, progress=False)
+    assert result["ran"] == 1 and result["complete"] == 1
+    attempts = _attempts(sweep)
+    assert attempts[("tiny-cpu/full", 0)] == 1 and attempts[("tiny-cpu/text-only", 0)] == 2
+    metrics = json.loads((second / "metrics.json").read_text())
+    assert len(metrics["per_query"]) == 96
+
+
+def test_paired_randomization_test():
+    rng = np.random.default_rng(0)
+    a = rng.random(200)
+    assert paired_randomization(a, a) == 1.0
+    assert paired_randomization(a + 0.3, a) < 0.001
+    assert paired_randomization(a, rng.permutation(a)) > 0.01
+
+
+def test_bad_sweep_files(tmp_path, tiny_world):
+    from gemkr_lab.config.experiment import ConfigError
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: x\ncells: [tiny-cpu/full]\nseeds: [0]\nworkers: 3\n")
+    with pytest.raises(ConfigError, match="unknown keys \\['workers'\\]"):
+        load_sweep(path)
+    path.write_text("name: x\ncells: [tiny-cpu/fulll]\nseeds: [0]\n")
+    with pytest.raises(ConfigError, match="did you mean 'tiny-cpu/full'"):
+        load_sweep(path)
+    path.write_text("name: x\ncells: [tiny-cpu/full]\nseeds: [0]\nreference: tiny-cpu/text-only\n")
+    with pytest.raises(ConfigError, match="reference"):
+        load_sweep(path)
