@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/gemkr-lab demo --out runs/demo
+	$(BIN)/gemkr-lab demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
