@@ -1,10 +1,9 @@
 """The inputs both baselines share: the KB's passages (deduplicated as the index does) and query texts."""
 
-import json
 from pathlib import Path
 
 from gemkr_lab.kb.corpus import read_corpus
-from gemkr_lab.metrics.trec import RunFileError
+from gemkr_lab.metrics.trec import RunFileError, jsonl_objects
 
 
 def kb_passages(corpus: str | Path, dedup: bool = True) -> tuple[list[str], list[str]]:
@@ -22,21 +21,9 @@ def kb_passages(corpus: str | Path, dedup: bool = True) -> tuple[list[str], list
 
 def read_queries(path: str | Path) -> dict[str, str]:
     """Query texts from JSONL lines `{"qid": ..., "text": ...}` (file and line named on errors)."""
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise RunFileError(path, None, "no such queries file")
-    out: dict[str, str] = {}
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RunFileError(path, line_no, f"not a JSON object ({exc.msg})") from None
-            if not isinstance(obj, dict) or "qid" not in obj or not isinstance(obj.get("text"), str):
-                raise RunFileError(path, line_no, 'each line needs {"qid": ..., "text": "..."}')
-            out[str(obj["qid"])] = obj["text"]
+    out = {str(obj["qid"]): obj["text"] for _, obj in jsonl_objects(path, "text", str, '{"qid": ..., "text": "..."}')}
     if not out:
         raise RunFileError(path, None, "no queries")
     return out

@@ -81,20 +81,28 @@ def read_answers(path: str | Path) -> dict[str, list[str]]:
 
     Answers are kept exactly (an empty string matches every passage, as in GeMKR's and VRR's evaluation).
     """
-    path = Path(path)
     out: dict[str, list[str]] = {}
+    for _, obj in jsonl_objects(path, "answers", list, '{"qid": ..., "answers": [strings]}'):
+        out[str(obj["qid"])] = [str(a) for a in obj["answers"]]
+    return out
+
+
+def jsonl_objects(path: str | Path, field: str, kind: type, shape: str):
+    """Yield `(line number, object)` of a JSONL file whose lines are `{"qid", field: kind}`, unique by qid."""
+    path = Path(path)
+    seen: set[str] = set()
     for line_no, line in _raw_lines(path):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise RunFileError(path, line_no, f"not a JSON object ({exc.msg})") from None
-        if not isinstance(obj, dict) or "qid" not in obj or not isinstance(obj.get("answers"), list):
-            raise RunFileError(path, line_no, 'each line needs {"qid": ..., "answers": [strings]}')
+        if not isinstance(obj, dict) or "qid" not in obj or not isinstance(obj.get(field), kind):
+            raise RunFileError(path, line_no, f"each line needs {shape}")
         qid = str(obj["qid"])
-        if qid in out:
+        if qid in seen:
             raise RunFileError(path, line_no, f"query {qid!r} is listed twice")
-        out[qid] = [str(a) for a in obj["answers"]]
-    return out
+        seen.add(qid)
+        yield line_no, obj
 
 
 def write_run(path: str | Path, ranked: Mapping[str, Sequence[str]], tag: str = "gemkr_lab") -> None:
