@@ -21,6 +21,20 @@ EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """Weights & Biases tracking (offline first: nothing needs an account or the network)."""
+
+    wandb: bool = True
+    """Track the run in W&B."""
+    mode: str = "offline"
+    """W&B mode: "offline" (sync later with `wandb sync`), "online" or "disabled"."""
+    project: str = "gemkr-lab"
+    """W&B project."""
+    tags: tuple[str, ...] = ()
+    """Extra tags (the cell and the dataset are always added)."""
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One trainable and evaluable cell of an ablation table."""
 
@@ -38,6 +52,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 class ConfigError(ValueError):

@@ -70,6 +70,7 @@ def fit(
         enable_progress_bar=sys.stderr.isatty(),  # quiet in logs and CI
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, train_config.max_steps // 20)),
         limit_val_batches=0,
     )
     last = ckpt_dir / "last.ckpt"

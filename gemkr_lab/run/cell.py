@@ -75,6 +75,8 @@ def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict) -> 
     tok_dir = Path(config.tokenizer) if config.tokenizer else Path(config.data_root) / "tokenizer"
     tokenizer = load_tokenizer(tok_dir)
     index = open_index(Path(config.prepared) / "index", tokenizer_fingerprint=tokenizer_fingerprint(tokenizer))
+    logger = _logger(config, out, manifest)
+    write_json(out / MANIFEST, manifest)  # the W&B run id is on disk before training starts
     started = time.perf_counter()
     module = fit(
         config.prepared,
@@ -85,6 +87,7 @@ def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict) -> 
         data_config=config.data,
         train_config=config.train,
         limit_train=config.limit_train,
+        logger=logger or False,
     )
     manifest["train_seconds"] = round(time.perf_counter() - started, 2)
     manifest["trainable_parameters"] = dict(module.model.components())
@@ -98,7 +101,35 @@ def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict) -> 
     evaluation = evaluate(ranked, relevance_for(config, ranked), ks=(1, 5, 10))
     metrics = {"means": evaluation.means, "per_query": evaluation.per_query}
     write_json(out / "metrics.json", metrics)
+    if logger is not None:
+        from gemkr_lab.tracking.wandb_run import log_evaluation
+
+        log_evaluation(
+            logger,
+            evaluation.means | {"decode_ms_per_query": manifest["decode_ms_per_query"]},
+            out / "run.txt",
+            records,
+        )
     return evaluation.means
+
+
+def _logger(config: ExperimentConfig, out: Path, manifest: dict):
+    """The run's WandbLogger (same id when resumed), or None when tracking is off."""
+    if not config.tracking.wandb or config.tracking.mode == "disabled":
+        return None
+    from gemkr_lab.tracking.wandb_run import make_logger, new_run_id
+
+    manifest["wandb_run_id"] = manifest.get("wandb_run_id") or new_run_id()
+    return make_logger(
+        out,
+        manifest["wandb_run_id"],
+        project=config.tracking.project,
+        group=config.name,
+        name=f"{config.name}-seed{manifest['seed']}",
+        tags=[config.name, config.data.dataset, *config.tracking.tags],
+        config=to_dict(config),
+        mode=config.tracking.mode,
+    )
 
 
 def relevance_for(config: ExperimentConfig, ranked: dict[str, list[str]]):
@@ -142,7 +173,7 @@ def _manifest(config: ExperimentConfig, seed: int, previous: dict | None) -> dic
             "corpus_fingerprint": index_meta["corpus_fingerprint"],
             "tokenizer_fingerprint": index_meta["tokenizer_fingerprint"],
         },
-        "wandb_run_id": None,
+        "wandb_run_id": (previous or {}).get("wandb_run_id"),
     }
 
 

@@ -1,0 +1,1 @@
+"""Experiment tracking: Weights & Biases, offline first (`wandb sync` uploads later)."""
