@@ -84,7 +84,12 @@ def summarize(sweep: GridSweep, frame: pd.DataFrame, significance_metric: str = 
             row["GPU h"] = f"{runs.gpu_hours.sum():.2f}"
             row["decode ms/q"] = f"{runs.decode_ms_per_query.mean():.1f}"
         rows.append(row)
-    return pd.DataFrame(rows).fillna("")
+    table = pd.DataFrame(rows).fillna("")
+    order = ["cell", "seeds"]
+    for m in METRICS:
+        order += [c for c in (m, f"Δ{m}", f"paper {m}") if c in table]
+    order += [c for c in table if c.startswith("p (")] + [c for c in ("train s", "GPU h", "decode ms/q") if c in table]
+    return table[order]
 
 
 def write_report(sweep: GridSweep, out: str | Path) -> pd.DataFrame:
@@ -109,6 +114,16 @@ def write_report(sweep: GridSweep, out: str | Path) -> pd.DataFrame:
     return table
 
 
+def _ci95(values: np.ndarray) -> float:
+    """Half-width of the 95% confidence interval of a mean over seeds (Student t: few seeds)."""
+    from scipy import stats
+
+    n = len(values)
+    if n < 2:
+        return 0.0
+    return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n))
+
+
 def _plot(sweep: GridSweep, frame: pd.DataFrame, path: Path, metric: str = "R@5") -> None:
     import matplotlib
 
@@ -129,7 +144,7 @@ def _plot(sweep: GridSweep, frame: pd.DataFrame, path: Path, metric: str = "R@5"
     ax.bar(range(len(means)), means, yerr=errs, capsize=4, color="#4c72b0")
     ax.set_xticks(range(len(means)), [c.split("/")[-1] for c in sweep.cells], rotation=20, ha="right")
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(f"{sweep.name}: mean over seeds, 95% CI")
+    ax.set_title(f"{sweep.name}: mean over seeds, 95% CI (t)")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
