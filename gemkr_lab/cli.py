@@ -161,7 +161,14 @@ def _sweep(args: argparse.Namespace) -> int:
     from gemkr_lab.sweep.grid import load_sweep, run_sweep
 
     sweep = load_sweep(args.sweep)
-    result = run_sweep(sweep, workers=args.workers, retries=args.retries)
+    result = run_sweep(
+        sweep,
+        workers=args.workers,
+        retries=args.retries,
+        storage=args.storage,
+        new_study=args.new_study,
+        gpus_per_trial=args.gpus_per_trial,
+    )
     print(f"sweep {sweep.name}: {result['complete']}/{result['ran']} runs complete", end="")
     print(f", failed: {result['failed']}" if result["failed"] else "")
     return 1 if result["failed"] else 0
@@ -290,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("sweep", help="sweep file, e.g. sweeps/demo.yaml")
     sweep.add_argument("--workers", type=int, default=1, help="runs at a time, each in its own process")
     sweep.add_argument("--retries", type=int, default=1, help="retries of a failed run")
+    sweep.add_argument(
+        "--storage",
+        help="Optuna storage URL, e.g. postgresql+psycopg2://user@host/db "
+        "(default: a journal file under the sweep's root)",
+    )
+    sweep.add_argument("--new-study", action="store_true", help="start over if the sweep file changed")
+    sweep.add_argument("--gpus-per-trial", type=int, default=0, help="GPUs pinned to each worker")
     sweep.set_defaults(func=_sweep)
 
     report = verbs.add_parser("report", help="ablation table (md, tex, html, csv) and plot of a sweep")

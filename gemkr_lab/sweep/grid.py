@@ -9,25 +9,26 @@ A sweep file (`sweeps/*.yaml`):
     overrides: [train.max_steps=300] # applied to every cell
     reference: tiny-cpu/full         # the row deltas and significance are computed against
 
-Running the same command again skips complete runs and resumes incomplete ones. A lock file per run
-directory (created exclusively) keeps two sweep commands started at once from running a cell twice; a lock
-whose process is gone is taken over.
+Coordination goes through an Optuna storage (`gemkr_lab.sweep.study`): each (cell, seed) is one queued trial,
+claimed atomically, so two sweep commands (or machines) at once never run a cell twice. Running the same
+command again re-queues the runs of dead workers and resumes incomplete run directories.
 """
 
 import json
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from gemkr_lab.config.experiment import ConfigError, load_experiment
 from gemkr_lab.run.cell import read_manifest, run_dir
+from gemkr_lab.sweep import study as study_mod
 
 
 @dataclass(frozen=True)
@@ -84,82 +85,88 @@ def pending(sweep: GridSweep) -> list[tuple[str, int]]:
     return out
 
 
-def run_sweep(sweep: GridSweep, workers: int = 1, retries: int = 1, progress: bool | None = None) -> dict:
-    """Run every pending (cell, seed), each in a fresh process, `workers` at a time; failures are retried."""
-    todo = pending(sweep)
-    done, failed = [], []
-    bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", disable=None if progress is None else not progress)
+def run_sweep(
+    sweep: GridSweep,
+    workers: int = 1,
+    retries: int = 1,
+    storage: str | None = None,
+    new_study: bool = False,
+    gpus_per_trial: int = 0,
+    progress: bool | None = None,
+) -> dict:
+    """Run every queued (cell, seed) of the sweep's study, each in a fresh process, `workers` at a time.
 
-    def one(item: tuple[str, int]) -> None:
-        cell, seed = item
-        for _ in range(retries + 1):
-            status = _run_locked(sweep, cell, seed)
-            if status in ("complete", "busy"):
-                break
-        (done if status in ("complete", "busy") else failed).append((cell, seed, status))
-        bar.update(1)
+    Args:
+        sweep: the grid.
+        workers: concurrent runs; with `gpus_per_trial`, each worker owns its own group of GPUs.
+        retries: how often a failed run (exception, out of memory, killed worker) is queued again.
+        storage: an Optuna RDB URL (PostgreSQL for several machines); default: a journal file under the root.
+        new_study: start over when the sweep file changed since its study was made.
+        gpus_per_trial: GPUs per run, pinned through CUDA_VISIBLE_DEVICES.
+        progress: progress bar (default: only on a terminal).
+    """
+    store = study_mod.open_storage(storage, Path(sweep.root))
+    study = study_mod.grid_study(sweep.name, store, sweep.cells, sweep.seeds, sweep.overrides, new_study)
+    study_mod.requeue_stale(study, store, retries)
+    groups = _gpu_groups(workers, gpus_per_trial)
+    todo = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    bar = tqdm(total=todo, desc=f"sweep {sweep.name}", disable=None if progress is None else not progress)
+    outcome: list[tuple[str, int, str]] = []
+
+    def worker(slot: int) -> None:
+        while True:
+            trial = study_mod.claim(study, store)
+            if trial is None:
+                return
+            cell, seed = trial.user_attrs["cell"], int(trial.user_attrs["seed"])
+            with study_mod.Heartbeat(store, trial._trial_id):
+                status, value = _run_process(sweep, cell, seed, groups[slot])
+            study_mod.finish(study, store, trial, status == "complete", value, status, retries)
+            outcome.append((cell, seed, status))
+            bar.update(1)
 
     with bar, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(one, todo))
-    return {"ran": len(todo), "complete": len(done), "failed": failed}
+        list(pool.map(worker, range(max(1, workers))))
+    failed = [o for o in outcome if o[2] != "complete" and (o[0], o[1]) in set(pending(sweep))]
+    return {"ran": len(outcome), "complete": sum(o[2] == "complete" for o in outcome), "failed": failed}
 
 
-def _run_locked(sweep: GridSweep, cell: str, seed: int) -> str:
+def _gpu_groups(workers: int, gpus_per_trial: int) -> list[str | None]:
+    if gpus_per_trial <= 0:
+        return [None] * max(1, workers)
+    import torch
+
+    n = torch.cuda.device_count()
+    if n < workers * gpus_per_trial:
+        raise ConfigError(
+            f"{workers} workers x {gpus_per_trial} GPUs need {workers * gpus_per_trial} GPUs; {n} visible"
+        )
+    return [",".join(str(g) for g in range(w * gpus_per_trial, (w + 1) * gpus_per_trial)) for w in range(workers)]
+
+
+def _run_process(sweep: GridSweep, cell: str, seed: int, gpus: str | None) -> tuple[str, float | None]:
+    """One run in a fresh process; returns its status and objective (R@5)."""
     out = run_dir(sweep.root, cell, seed)
     out.mkdir(parents=True, exist_ok=True)
-    lock = out / "run.lock"
-    if not _acquire(lock):
-        return "busy"  # another sweep command runs it
-    try:
-        manifest = read_manifest(out)
-        if manifest and manifest.get("status") == "complete":
-            return "complete"
-        cmd = [
-            sys.executable,
-            "-m",
-            "gemkr_lab.cli",
-            "run-cell",
-            cell,
-            *sweep.overrides,  # before the options: argparse takes no positionals after them
-            "--seed",
-            str(seed),
-            "--root",
-            sweep.root,
-        ]
-        log = open(out / "log.txt", "a", encoding="utf-8")  # noqa: SIM115 - the child writes to it
-        with log:
-            code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
-        manifest = read_manifest(out) or {}
-        return "complete" if code == 0 and manifest.get("status") == "complete" else f"failed (exit {code})"
-    finally:
-        lock.unlink(missing_ok=True)
-
-
-def _acquire(lock: Path) -> bool:
-    """Create the lock exclusively; take it over if the process that held it is gone."""
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = json.loads(lock.read_text()).get("pid")
-            except (OSError, ValueError):
-                pid = None
-            if pid and _alive(pid):
-                return False
-            lock.unlink(missing_ok=True)  # a dead worker's lock
-            continue
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"pid": os.getpid(), "since": time.time()}, fh)
-        return True
-    return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    cmd = [
+        sys.executable,
+        "-m",
+        "gemkr_lab.cli",
+        "run-cell",
+        cell,
+        *sweep.overrides,  # overrides before options
+        "--seed",
+        str(seed),
+        "--root",
+        sweep.root,
+    ]
+    env = dict(os.environ)
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpus
+    with open(out / "log.txt", "a", encoding="utf-8") as log:
+        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+    manifest = read_manifest(out) or {}
+    if code == 0 and manifest.get("status") == "complete":
+        means = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["means"]
+        return "complete", means.get("R@5")
+    return f"failed (exit {code}): {manifest.get('error', 'see log.txt')}", None

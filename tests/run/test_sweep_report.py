@@ -118,3 +118,42 @@ def test_bad_sweep_files(tmp_path, tiny_world):
     path.write_text("name: x\ncells: [tiny-cpu/full]\nseeds: [0]\nreference: tiny-cpu/text-only\n")
     with pytest.raises(ConfigError, match="reference"):
         load_sweep(path)
+
+
+def test_a_changed_sweep_file_is_refused_unless_new_study(tmp_path, tiny_world):
+    from gemkr_lab.config.experiment import ConfigError
+    from gemkr_lab.sweep import study as study_mod
+
+    path = _sweep_file(tmp_path, tiny_world, cells=("tiny-cpu/full",))
+    sweep = load_sweep(path)
+    store = study_mod.open_storage(None, tmp_path / "runs")
+    study_mod.grid_study(sweep.name, store, sweep.cells, sweep.seeds, sweep.overrides)
+    with pytest.raises(ConfigError, match=r"sweep file changed.*--new-study"):
+        study_mod.grid_study(sweep.name, store, sweep.cells, (0, 1), sweep.overrides)
+    study = study_mod.grid_study(sweep.name, store, sweep.cells, (0, 1), sweep.overrides, new_study=True)
+    assert len(study.get_trials()) == 2
+
+
+def test_an_unreachable_storage_starts_nothing(tmp_path, tiny_world):
+    from gemkr_lab.config.experiment import ConfigError
+
+    sweep = load_sweep(_sweep_file(tmp_path, tiny_world))
+    with pytest.raises(ConfigError, match=r"cannot be reached.*nothing was started"):
+        run_sweep(sweep, storage="postgresql+psycopg2://nobody@127.0.0.1:9/none", progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgresql_run_every_cell_once(tmp_path, tiny_world):
+    url = os.environ.get("GEMKR_TEST_POSTGRES_URL")
+    if not url:
+        assert os.environ.get("CI") != "true", ".ci/run must start PostgreSQL and export GEMKR_TEST_POSTGRES_URL"
+        pytest.skip("no PostgreSQL here (CI starts one)")
+    path = _sweep_file(tmp_path, tiny_world, cells=("tiny-cpu/full", "tiny-cpu/text-only", "tiny-cpu/no-gate"))
+    spec = yaml.safe_load(path.read_text())
+    spec["name"] = f"pg-{os.getpid()}-{int(time.time())}"
+    path.write_text(yaml.safe_dump(spec))
+    sweep = load_sweep(path)
+    result = run_sweep(sweep, workers=2, storage=url, progress=False)
+    assert result["complete"] == 3 and pending(sweep) == []
+    assert set(_attempts(sweep).values()) == {1}
