@@ -159,28 +159,46 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from gemkr_lab.sweep.grid import load_sweep, run_sweep
+    from gemkr_lab.sweep.search import is_search, load_search, run_search
 
+    common = {
+        "workers": args.workers,
+        "storage": args.storage,
+        "new_study": args.new_study,
+        "gpus_per_trial": args.gpus_per_trial,
+    }
+    if Path(args.sweep).is_file() and is_search(args.sweep):
+        import yaml
+
+        search = load_search(yaml.safe_load(Path(args.sweep).read_text(encoding="utf-8")), Path(args.sweep))
+        result = run_search(search, **common)
+        print(f"search {search.name}: {result}")
+        return 0
     sweep = load_sweep(args.sweep)
-    result = run_sweep(
-        sweep,
-        workers=args.workers,
-        retries=args.retries,
-        storage=args.storage,
-        new_study=args.new_study,
-        gpus_per_trial=args.gpus_per_trial,
-    )
+    result = run_sweep(sweep, retries=args.retries, **common)
     print(f"sweep {sweep.name}: {result['complete']}/{result['ran']} runs complete", end="")
     print(f", failed: {result['failed']}" if result["failed"] else "")
     return 1 if result["failed"] else 0
 
 
 def _report(args: argparse.Namespace) -> int:
-    from gemkr_lab.report.table import write_report
-    from gemkr_lab.sweep.grid import load_sweep
+    from gemkr_lab.sweep.search import is_search
 
-    table = write_report(load_sweep(args.sweep), args.out)
+    if Path(args.sweep).is_file() and is_search(args.sweep):
+        import yaml
+
+        from gemkr_lab.report.search import write_search_report
+        from gemkr_lab.sweep.search import load_search
+
+        search = load_search(yaml.safe_load(Path(args.sweep).read_text(encoding="utf-8")), Path(args.sweep))
+        table = write_search_report(search, args.out)
+    else:
+        from gemkr_lab.report.table import write_report
+        from gemkr_lab.sweep.grid import load_sweep
+
+        table = write_report(load_sweep(args.sweep), args.out)
     print(table.to_string(index=False))
-    print(f"-> {args.out}/table.{{md,tex,html,csv}}, ablation_r5.png")
+    print(f"-> {args.out}/")
     return 0
 
 
@@ -327,6 +345,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KBError, FileExistsError, FileNotFoundError, ValueError, KeyError) as exc:  # ConfigError, DataError too
         print(f"gemkr-lab: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if type(exc).__name__ != "TrialPruned":  # an Optuna search stopped this trial: not an error
+            raise
+        from gemkr_lab.sweep.search import PRUNED_EXIT
+
+        print(f"gemkr-lab: trial pruned ({exc})", file=sys.stderr)
+        return PRUNED_EXIT
 
 
 if __name__ == "__main__":

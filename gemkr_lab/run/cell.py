@@ -56,7 +56,8 @@ def run_cell(config: ExperimentConfig, seed: int, root: str | Path, overrides: l
     try:
         metrics = _train_decode_score(config, out, manifest)
     except BaseException as exc:
-        manifest.update(status="failed", error=f"{type(exc).__name__}: {exc}", finished=_now())
+        pruned = type(exc).__name__ == "TrialPruned"  # an Optuna search stopped this trial early
+        manifest.update(status="pruned" if pruned else "failed", error=f"{type(exc).__name__}: {exc}", finished=_now())
         write_json(out / MANIFEST, manifest)
         raise
     manifest.update(status="complete", finished=_now())
@@ -88,6 +89,7 @@ def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict) -> 
         train_config=config.train,
         limit_train=config.limit_train,
         logger=logger or False,
+        callbacks=_search_callbacks(),
     )
     manifest["train_seconds"] = round(time.perf_counter() - started, 2)
     manifest["trainable_parameters"] = dict(module.model.components())
@@ -111,6 +113,14 @@ def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict) -> 
             records,
         )
     return evaluation.means
+
+
+def _search_callbacks() -> list:
+    """The pruning reporter when this process runs a trial of an Optuna search."""
+    from gemkr_lab.sweep.search import reporter_from_env
+
+    reporter = reporter_from_env()
+    return [reporter] if reporter is not None else []
 
 
 def _logger(config: ExperimentConfig, out: Path, manifest: dict):

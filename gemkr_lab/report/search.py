@@ -1,0 +1,55 @@
+"""Reports of an Optuna search: the trials table, the optimisation history and parameter importance."""
+
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+from gemkr_lab.sweep import study as study_mod
+from gemkr_lab.sweep.search import SearchSweep
+
+
+def write_search_report(sweep: SearchSweep, out: str | Path, storage: str | None = None) -> pd.DataFrame:
+    """Trials as Markdown/CSV, plus `history.png` and (with 2+ complete trials) `importance.png`."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    study = optuna.load_study(study_name=sweep.name, storage=study_mod.open_storage(storage, Path(sweep.root)))
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                sweep.objective: t.value,
+                **t.params,
+                "error": t.user_attrs.get("error", ""),
+            }
+        )
+    table = pd.DataFrame(rows)
+    for name, render in (
+        ("trials.md", lambda: table.to_markdown(index=False)),
+        ("trials.csv", lambda: table.to_csv(index=False)),
+    ):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(render(), encoding="utf-8")
+        tmp.replace(out / name)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    plots = [("history.png", ovm.plot_optimization_history)]
+    if len(complete) >= 2 and len(sweep.space) >= 1:
+        plots.append(("importance.png", ovm.plot_param_importances))
+    for name, plot in plots:
+        try:
+            ax = plot(study)
+        except (ValueError, RuntimeError):
+            continue  # too few distinct trials for this plot
+        fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+    return table
