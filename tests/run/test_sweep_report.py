@@ -157,3 +157,52 @@ def test_two_workers_on_postgresql_run_every_cell_once(tmp_path, tiny_world):
     result = run_sweep(sweep, workers=2, storage=url, progress=False)
     assert result["complete"] == 3 and pending(sweep) == []
     assert set(_attempts(sweep).values()) == {1}
+
+
+def test_reproduction_status_against_the_paper():
+    import pandas as pd
+
+    from gemkr_lab.report.table import summarize
+    from gemkr_lab.sweep.grid import GridSweep
+
+    sweep = GridSweep(
+        "p", "runs/p", ("a", "b"), (0, 1), reference="a", paper={"a": {"R@5": 78.6, "P@5": 49.1, "R@10": 86.2}}
+    )
+    pq = {"q1": {"P@5": 0.2, "R@5": 1.0, "R@10": 1.0, "MRR@10": 1.0}}
+    frame = pd.DataFrame(
+        [
+            {
+                "cell": "a",
+                "seed": 0,
+                "status": "complete",
+                "P@5": 50.5,
+                "R@5": 78.0,
+                "R@10": 80.0,
+                "MRR@10": 1.0,
+                "per_query": pq,
+                "train_s": 10.0,
+                "gpu_hours": 0.1,
+                "decode_ms_per_query": 5.0,
+            },
+            {"cell": "a", "seed": 1, "status": "running"},
+            {
+                "cell": "b",
+                "seed": 0,
+                "status": "complete",
+                "P@5": 40.0,
+                "R@5": 70.0,
+                "R@10": 80.0,
+                "MRR@10": 1.0,
+                "per_query": pq,
+                "train_s": 10.0,
+                "gpu_hours": 0.1,
+                "decode_ms_per_query": 5.0,
+            },
+        ]
+    )
+    table = summarize(sweep, frame).set_index("cell")
+    assert table.loc["a", "seeds"] == "1/2"  # a partial table while the sweep runs
+    assert table.loc["a", "paper R@5"] == "78.6 (OK)"  # |78.0 - 78.6| <= 1
+    assert table.loc["a", "paper P@5"] == "49.1 (OK-ish)"  # 1.4 points
+    assert table.loc["a", "paper R@10"] == "86.2 (FAIL)"  # 6.2 points
+    assert table.loc["b", "ΔR@5"] == "-8.0"
