@@ -103,8 +103,8 @@ def main() -> None:
             "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         },
     }
-    out = ROOT / "results"
-    out.mkdir(exist_ok=True)
+    out = Path(os.environ.get("GEMKR_BENCH_RESULTS", ROOT / "results"))
+    out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "setup"}, indent=2))
 

@@ -80,11 +80,16 @@ def load_array(directory: Path, entry: dict[str, Any], *, verify: bool, mmap: bo
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Write JSON atomically (temporary file in the same directory, then rename)."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write text atomically: readers see the old file or the new one, never half of one."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True)
-            fh.write("\n")
+            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

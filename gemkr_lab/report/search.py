@@ -5,6 +5,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from gemkr_lab.kb.storage import write_text
 from gemkr_lab.sweep import study as study_mod
 from gemkr_lab.sweep.search import SearchSweep
 
@@ -26,13 +27,8 @@ def write_search_report(sweep: SearchSweep, out: str | Path, storage: str | None
             }
         )
     table = pd.DataFrame(rows)
-    for name, render in (
-        ("trials.md", lambda: table.to_markdown(index=False)),
-        ("trials.csv", lambda: table.to_csv(index=False)),
-    ):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(render(), encoding="utf-8")
-        tmp.replace(out / name)
+    write_text(out / "trials.md", table.to_markdown(index=False))
+    write_text(out / "trials.csv", table.to_csv(index=False))
     import matplotlib
 
     matplotlib.use("Agg")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gemkr_lab.kb.storage import write_json
+from gemkr_lab.kb.storage import write_json, write_text
 from gemkr_lab.run.cell import read_manifest, run_dir
 from gemkr_lab.sweep.grid import GridSweep
 
@@ -105,9 +105,7 @@ def write_report(sweep: GridSweep, out: str | Path) -> pd.DataFrame:
         "table.csv": lambda: table.to_csv(index=False),
     }
     for name, render in writers.items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(render(), encoding="utf-8")
-        tmp.replace(out / name)
+        write_text(out / name, render())
     raw = frame.drop(columns=["per_query"], errors="ignore")
     write_json(out / "runs.json", {"sweep": sweep.name, "runs": json.loads(raw.to_json(orient="records"))})
     _plot(sweep, frame, out / "ablation_r5.png")

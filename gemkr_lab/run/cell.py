@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from gemkr_lab.config.experiment import ExperimentConfig, to_dict
-from gemkr_lab.kb.storage import write_json
+from gemkr_lab.kb.storage import write_json, write_text
 
 MANIFEST = "manifest.json"
 PACKAGES = ("torch", "transformers", "peft", "lightning", "open_clip_torch", "numpy", "numba", "gemkr_lab")
@@ -49,8 +49,8 @@ def run_cell(config: ExperimentConfig, seed: int, root: str | Path, overrides: l
         raise DataError(f"{prepared}: not prepared; run gemkr-lab prepare {config.data.dataset} first")
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
-    (out / "overrides.txt").write_text("\n".join(overrides or []) + "\n", encoding="utf-8")
+    write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
+    write_text(out / "overrides.txt", "\n".join(overrides or []) + "\n")
     manifest = _manifest(config, seed, previous=manifest)
     write_json(out / MANIFEST, manifest)
     try:
