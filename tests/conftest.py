@@ -38,7 +38,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory):
     """A small byte-level BPE tokenizer trained here (nothing is downloaded)."""
-    from gemkr_lab.kb.demo import synthetic_passages
+    from gemkr_lab.kb.synthetic_text import synthetic_passages
     from gemkr_lab.kb.tokenize import train_tokenizer
 
     out = tmp_path_factory.mktemp("tokenizer")

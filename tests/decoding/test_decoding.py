@@ -10,7 +10,7 @@ import torch
 from gemkr_lab.config import DecodingConfig
 from gemkr_lab.decoding import ClueDecoder, beam_search, write_records, write_records_run
 from gemkr_lab.kb import build_index
-from gemkr_lab.kb.demo import synthetic_passages
+from gemkr_lab.kb.synthetic_text import synthetic_passages
 from gemkr_lab.kb.tokenize import load_tokenizer
 from gemkr_lab.metrics import read_run
 

@@ -107,7 +107,7 @@ def test_cli_refuses_an_empty_corpus(tmp_path, tokenizer_dir, capsys):
 
 
 def test_sharded_cli_build_answers_like_one_shard(tmp_path, tokenizer_dir):
-    from gemkr_lab.kb.demo import synthetic_passages
+    from gemkr_lab.kb.synthetic_text import synthetic_passages
 
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps(p) + "\n" for p in synthetic_passages(200, seed=3)), encoding="utf-8")
