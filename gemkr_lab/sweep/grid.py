@@ -144,27 +144,35 @@ def _gpu_groups(workers: int, gpus_per_trial: int) -> list[str | None]:
     return [",".join(str(g) for g in range(w * gpus_per_trial, (w + 1) * gpus_per_trial)) for w in range(workers)]
 
 
-def _run_process(sweep: GridSweep, cell: str, seed: int, gpus: str | None) -> tuple[str, float | None]:
-    """One run in a fresh process; returns its status and objective (R@5)."""
-    out = run_dir(sweep.root, cell, seed)
+def launch(
+    experiment: str, overrides, seed: int, root: str, out: Path, gpus: str | None, env: dict | None = None
+) -> int:
+    """Run one cell in a fresh `gemkr-lab run-cell` process logging to `out/log.txt`; returns its exit code."""
     out.mkdir(parents=True, exist_ok=True)
+    # the overrides go before the options: argparse takes no positionals after them
     cmd = [
         sys.executable,
         "-m",
         "gemkr_lab.cli",
         "run-cell",
-        cell,
-        *sweep.overrides,  # overrides before options
+        experiment,
+        *overrides,
         "--seed",
         str(seed),
         "--root",
-        sweep.root,
+        root,
     ]
-    env = dict(os.environ)
+    full_env = dict(os.environ, **(env or {}))
     if gpus is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpus
+        full_env["CUDA_VISIBLE_DEVICES"] = gpus
     with open(out / "log.txt", "a", encoding="utf-8") as log:
-        code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, check=False).returncode
+
+
+def _run_process(sweep: GridSweep, cell: str, seed: int, gpus: str | None) -> tuple[str, float | None]:
+    """One grid run; returns its status and objective (R@5)."""
+    out = run_dir(sweep.root, cell, seed)
+    code = launch(cell, sweep.overrides, seed, sweep.root, out, gpus)
     manifest = read_manifest(out) or {}
     if code == 0 and manifest.get("status") == "complete":
         means = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["means"]

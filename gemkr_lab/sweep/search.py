@@ -23,9 +23,8 @@ which optuna-integration's callback needs).
 
 import json
 import os
-import subprocess
-import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,7 +127,7 @@ def run_search(
     sweep: SearchSweep, workers: int = 1, storage: str | None = None, new_study: bool = False, gpus_per_trial: int = 0
 ) -> dict:
     """Run trials until `n_trials` exist (complete, pruned or failed), `workers` at a time."""
-    from gemkr_lab.sweep.grid import _gpu_groups
+    from gemkr_lab.sweep.grid import _gpu_groups, launch
 
     store = study_mod.open_storage(storage, Path(sweep.root))
     fp = study_mod.fingerprint([sweep.base], [sweep.seed], [*sweep.overrides, json.dumps(sweep.space, sort_keys=True)])
@@ -159,30 +158,14 @@ def run_search(
                 trial = study.ask(dists)
             name = f"{sweep.base}@trial-{trial.number:04d}"
             overrides = [*sweep.overrides, *(f"{k}={json.dumps(v)}" for k, v in trial.params.items()), f"name={name}"]
-            env = dict(
-                os.environ,
-                GEMKR_OPTUNA_STORAGE=url,
-                GEMKR_OPTUNA_STUDY=sweep.name,
-                GEMKR_OPTUNA_TRIAL=str(trial._trial_id),
-            )
-            if groups[slot] is not None:
-                env["CUDA_VISIBLE_DEVICES"] = groups[slot]
+            env = {
+                "GEMKR_OPTUNA_STORAGE": url,
+                "GEMKR_OPTUNA_STUDY": sweep.name,
+                "GEMKR_OPTUNA_TRIAL": str(trial._trial_id),
+            }
             out = run_dir(sweep.root, name, sweep.seed)
-            out.mkdir(parents=True, exist_ok=True)
-            cmd = [
-                sys.executable,
-                "-m",
-                "gemkr_lab.cli",
-                "run-cell",
-                sweep.base,
-                *overrides,
-                "--seed",
-                str(sweep.seed),
-                "--root",
-                sweep.root,
-            ]
-            with study_mod.Heartbeat(store, trial._trial_id), open(out / "log.txt", "a", encoding="utf-8") as log:
-                code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+            with study_mod.Heartbeat(store, trial._trial_id):
+                code = launch(sweep.base, overrides, sweep.seed, sweep.root, out, groups[slot], env)
             manifest = read_manifest(out) or {}
             if code == 0 and manifest.get("status") == "complete":
                 means = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["means"]
@@ -192,8 +175,6 @@ def run_search(
             else:
                 store.set_trial_user_attr(trial._trial_id, "error", manifest.get("error", f"exit {code}"))
                 study.tell(trial, state=TrialState.FAIL)
-
-    from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(worker, range(max(1, workers))))
