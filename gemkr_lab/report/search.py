@@ -1,5 +1,6 @@
 """Reports of an Optuna search: the trials table, the optimisation history and parameter importance."""
 
+import warnings
 from pathlib import Path
 
 import optuna
@@ -41,7 +42,9 @@ def write_search_report(sweep: SearchSweep, out: str | Path, storage: str | None
         plots.append(("importance.png", ovm.plot_param_importances))
     for name, plot in plots:
         try:
-            ax = plot(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ax = plot(study)
         except (ValueError, RuntimeError):
             continue  # too few distinct trials for this plot
         fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
