@@ -85,3 +85,19 @@ def tiny_world(tmp_path_factory):
     make_world(root / "w", seed=0)
     Preparer(DataConfig(), root / "w", root / "p", progress=False).run()
     return str(root / "w"), str(root / "p")
+
+
+@pytest.fixture
+def tiny_overrides(tiny_world):
+    """Overrides that point a tiny-cpu preset at the prepared test world and keep runs to seconds."""
+    world, prepared = tiny_world
+    return [
+        f"data_root={world}",
+        f"prepared={prepared}",
+        "train.max_steps=4",
+        "limit_train=16",
+        "train.batch_size=8",
+        "decoding.num_groups=2",
+        "decoding.max_clue_tokens=3",
+        "tracking.wandb=false",
+    ]

@@ -56,7 +56,7 @@ def map_clues(
         key = list(h.tokens)
         if h.ended_with_eos and config.eos_marks_document_end:
             key.append(index.eos_id)
-        count = index.count(key) if key and _valid(key, index) else 0
+        count = index.count(key) if key else 0  # 0 for ids outside the KB's vocabulary too
         found = index.docs(key, limit=config.docs_per_clue_limit).tolist() if count else []
         if config.clue_to_docs == "first":
             docs = found[:1]
@@ -70,7 +70,3 @@ def map_clues(
     order = sorted(range(len(records)), key=lambda i: (-records[i].score, records[i].count))
     ranked = list(dict.fromkeys(d for i in order for d in records[i].docs))
     return records, ranked
-
-
-def _valid(key: list[int], index: KBIndex) -> bool:
-    return all(0 <= t < index.vocab_size for t in key)

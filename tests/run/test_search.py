@@ -12,23 +12,13 @@ from gemkr_lab.report.search import write_search_report
 from gemkr_lab.sweep.search import TrialReporter, load_search, run_search
 
 
-def _search(tmp_path, tiny_world, space=None, **search):
-    world, prepared = tiny_world
+def _search(tmp_path, tiny_overrides, space=None, **search):
     raw = {
         "name": "s",
         "root": str(tmp_path / "runs"),
         "base": "tiny-cpu/full",
         "seed": 0,
-        "overrides": [
-            f"data_root={world}",
-            f"prepared={prepared}",
-            "train.max_steps=4",
-            "limit_train=16",
-            "train.batch_size=8",
-            "decoding.num_groups=2",
-            "decoding.max_clue_tokens=3",
-            "tracking.wandb=false",
-        ],
+        "overrides": tiny_overrides,
         "search": {
             "space": space or {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
             "n_trials": 3,
@@ -47,23 +37,23 @@ def _search(tmp_path, tiny_world, space=None, **search):
         ({"train.lrr": {"type": "float", "low": 0.1, "high": 1.0}}, "did you mean 'lr'"),
     ],
 )
-def test_invalid_search_spaces_are_refused(tmp_path, tiny_world, space, message):
+def test_invalid_search_spaces_are_refused(tmp_path, tiny_overrides, space, message):
     with pytest.raises(ConfigError, match=message):
-        _search(tmp_path, tiny_world, space)
+        _search(tmp_path, tiny_overrides, space)
 
 
-def test_unknown_objective_or_sampler(tmp_path, tiny_world):
+def test_unknown_objective_or_sampler(tmp_path, tiny_overrides):
     with pytest.raises(ConfigError, match="objective"):
-        _search(tmp_path, tiny_world, objective="NDCG@5")
+        _search(tmp_path, tiny_overrides, objective="NDCG@5")
     with pytest.raises(ConfigError, match="sampler"):
-        _search(tmp_path, tiny_world, sampler="cmaes")
+        _search(tmp_path, tiny_overrides, sampler="cmaes")
 
 
 @pytest.mark.slow
-def test_a_small_search_runs_and_reports(tmp_path, tiny_world):
+def test_a_small_search_runs_and_reports(tmp_path, tiny_overrides):
     sweep = _search(
         tmp_path,
-        tiny_world,
+        tiny_overrides,
         space={
             "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
             "model.attention_flow": {"type": "categorical", "choices": ["dual", "joint"]},
@@ -95,6 +85,6 @@ def test_the_reporter_prunes_a_trial_worse_than_the_median(tmp_path):
     TrialReporter(study, good._trial_id).on_train_epoch_end(trainer, None)  # better than the median: continues
 
 
-def test_sweep_files_round_trip_through_yaml(tmp_path, tiny_world):
-    sweep = _search(tmp_path, tiny_world)
+def test_sweep_files_round_trip_through_yaml(tmp_path, tiny_overrides):
+    sweep = _search(tmp_path, tiny_overrides)
     assert yaml.safe_load(yaml.safe_dump({"space": sweep.space}))["space"] == sweep.space
