@@ -33,9 +33,12 @@ class DecodingConfig:
     clue_to_docs: Literal["first", "unique", "all"] = "first"
     """Ablation "clue-to-document policy": first = the first occurrence's document (official code);
     unique = drop clues found in several documents (paper text); all = every containing document."""
-    eos_marks_document_end: bool = True
-    """A clue that ended with a generated EOS only matches at a document's end (as the official code keeps
-    the EOS); off = match it anywhere."""
+    unconstrained_eos_at_document_end: bool = False
+    """Unconstrained decoding only: on = a clue the model ended with EOS matches only at a document's end
+    (the official code's lookup applied to free clues: it keeps a naturally ended beam's EOS); off = EOS just
+    ends the clue, looked up anywhere (the spec's "generate freely, then exact substring lookup"; models learn
+    mid-document spans followed by EOS). Constrained decoding always matches such a clue at a document's end,
+    as the official code: the KB allows EOS only where the clue ends a document."""
     docs_per_clue_limit: int = 1000
     """Occurrences located per clue at most (SEAL's cap; frequent clues carry little evidence)."""
     check_top_m: int = 64

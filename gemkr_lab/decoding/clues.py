@@ -25,7 +25,8 @@ class ClueRecord:
     score: float
     ended_with_eos: bool
     count: int
-    """Occurrences in the KB of the clue as matched (at a document's end when it ended with EOS)."""
+    """Occurrences in the KB of the clue as matched (only at documents' ends when it ended with EOS and was
+    decoded constrained or with `unconstrained_eos_at_document_end`; anywhere otherwise)."""
     docs: list[int]
     """Positional ids of the documents it retrieved under the policy."""
     n_docs_containing: int
@@ -54,7 +55,10 @@ def map_clues(
     records = []
     for h in hypotheses:
         key = list(h.tokens)
-        if h.ended_with_eos and config.eos_marks_document_end:
+        # a generated EOS restricts the match to documents' ends: always when constrained (the KB allowed EOS
+        # only there, and the official code keeps it); unconstrained only on request, since a free clue's EOS
+        # just ends the clue (models learn mid-document spans followed by EOS)
+        if h.ended_with_eos and (config.constrained or config.unconstrained_eos_at_document_end):
             key.append(index.eos_id)
         count = index.count(key) if key else 0  # 0 for ids outside the KB's vocabulary too
         found = index.docs(key, limit=config.docs_per_clue_limit).tolist() if count else []

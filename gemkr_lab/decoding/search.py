@@ -29,7 +29,8 @@ class Hypothesis:
     tokens: list[int]
     """Clue token ids, EOS excluded."""
     ended_with_eos: bool
-    """The model chose EOS where the KB allowed it (the clue ends a document), not a forced end."""
+    """The model chose EOS (constrained: where the KB allowed it, i.e. the clue ends a document), not a forced
+    end at the length cap or by `stop_at_count`."""
     cumulative: float
     """Sum of processed log-probs (mask and diversity penalties included), EOS's included."""
     score: float

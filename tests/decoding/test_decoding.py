@@ -1,5 +1,6 @@
 """Constrained clue decoding with a tiny random Llama and a locally trained tokenizer."""
 
+import dataclasses
 import itertools
 import math
 
@@ -35,7 +36,9 @@ def _prompts(rng, n, vocab, length=6):
 
 
 def _key(clue, index, cfg):
-    return [*clue.tokens, index.eos_id] if clue.ended_with_eos and cfg.eos_marks_document_end else clue.tokens
+    """The clue as looked up: with its EOS (documents' ends only) when constrained or asked to."""
+    at_end = clue.ended_with_eos and (cfg.constrained or cfg.unconstrained_eos_at_document_end)
+    return [*clue.tokens, index.eos_id] if at_end else clue.tokens
 
 
 @pytest.mark.parametrize("kb", ["sa", "fm2"])
@@ -196,7 +199,7 @@ def test_stop_at_count_ends_clues_once_rare_enough(world, tiny_llama):
 
 
 def test_unconstrained_clues_absent_from_the_kb_retrieve_nothing(world, tmp_path, tiny_llama):
-    tok, _, indexes = world
+    tok, docs, indexes = world
     index = indexes["sa"]
     cfg = DecodingConfig(constrained=False, num_groups=6, max_clue_tokens=5)
     records = ClueDecoder(tiny_llama(len(tok), seed=2), index, cfg, tokenizer=tok).decode(
@@ -205,11 +208,48 @@ def test_unconstrained_clues_absent_from_the_kb_retrieve_nothing(world, tmp_path
     absent = [c for r in records for c in r.clues if c.count == 0]
     assert absent, "a random model generating freely should produce clues the KB does not contain"
     assert all(c.docs == [] for c in absent)
+    for clue in (c for r in records for c in r.clues):  # free clues are looked up anywhere, EOS or not
+        assert clue.count == index.count(clue.tokens)
+        assert all(_contains(docs[d], clue.tokens) for d in clue.docs)
     write_records(tmp_path / "records.jsonl", records)
     write_records_run(tmp_path / "run.txt", records)
     run = read_run(tmp_path / "run.txt")
     assert all(run.get(r.qid, []) == r.ranked_ids for r in records)
     assert (tmp_path / "records.jsonl").read_text().count("\n") == 2
+
+
+def test_unconstrained_clues_ended_by_eos_match_mid_document_unless_asked_for_ends(tmp_path, tiny_llama):
+    """Free clues end with EOS as models learn (a mid-document span, then EOS): they are looked up anywhere;
+    `unconstrained_eos_at_document_end` restores the document-end rule, which then finds only documents' ends."""
+    model = tiny_llama(12, seed=0)
+    prompts = torch.as_tensor([[4, 10, 11], [9, 8, 5], [6, 6, 7]])
+    # no length normalisation, so that short EOS-ended clues stay among the best 8 (beside forced ends)
+    free = DecodingConfig(constrained=False, search="beam", num_groups=8, max_clue_tokens=4, length_penalty=0.0)
+    hyps = [h for hs in beam_search(model, free, 2, input_ids=prompts).hypotheses for h in hs]
+    ended = [h.tokens for h in hyps if h.ended_with_eos]
+    assert 0 < len(ended) < len(hyps), "some clues ended with a generated EOS, some at the cap"
+    # every EOS-ended clue occurs in the KB, only in the middle of a document (never at its end)
+    docs = [[11, *clue, 3] for clue in ended] + [[3, 5, 7, 9, 3], [4, 4, 6, 3]]
+    index = build_index(docs, tmp_path / "kb", eos_id=2, vocab_size=12, progress=False)
+    decoded = ClueDecoder(model, index, free).decode(["a", "b", "c"], input_ids=prompts)
+    ends = ClueDecoder(model, index, dataclasses.replace(free, unconstrained_eos_at_document_end=True)).decode(
+        ["a", "b", "c"], input_ids=prompts
+    )
+    n_ended = 0
+    for rec, rec_ends in zip(decoded, ends, strict=True):
+        for clue, clue_ends in zip(rec.clues, rec_ends.clues, strict=True):
+            assert clue.tokens == clue_ends.tokens
+            assert clue.count == index.count(clue.tokens)
+            assert all(_contains(docs[d], clue.tokens) for d in clue.docs)
+            # the document-end rule finds only documents that end with the clue
+            assert all(_contains(docs[d], clue.tokens, at_end=True) for d in clue_ends.docs)
+            if clue.ended_with_eos:
+                n_ended += 1
+                assert clue.docs, "a free clue occurring mid-document retrieves a document containing it"
+                assert clue_ends.count == 0 and clue_ends.docs == []  # not at any document's end
+            else:
+                assert (clue_ends.count, clue_ends.docs) == (clue.count, clue.docs)
+    assert n_ended == len(ended)
 
 
 def test_clue_to_document_policies(world):
