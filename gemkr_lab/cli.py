@@ -83,7 +83,7 @@ def _score(args: argparse.Namespace) -> int:
     for line in ev.warnings():
         print(f"gemkr-lab: warning: {line}", file=sys.stderr)
     if args.per_query:
-        from gemkr_lab.kb.storage import write_json
+        from gemkr_lab.io import write_json
 
         write_json(Path(args.per_query), {"means": ev.means, "per_query": ev.per_query})
     if args.json:

@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from gemkr_lab.data.queries import DataError
+from gemkr_lab.io import write_text
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,9 @@ def save_regions(cache: Path, image_id: str, image: Image.Image, regions: list[R
     crops.mkdir(parents=True, exist_ok=True)
     for k, r in enumerate(regions):
         image.crop(r.box).save(crops / f"{k}.png")
-    tmp = cache / f".{image_id}.json.tmp"
-    tmp.write_text(json.dumps([asdict(r) for r in regions]), encoding="utf-8")
-    tmp.replace(cache / f"{image_id}.json")  # written last: its presence marks the image as done
+    # written last, atomically (a temporary name of its own: concurrent prepares do not collide):
+    # its presence marks the image as done
+    write_text(cache / f"{image_id}.json", json.dumps([asdict(r) for r in regions]))
 
 
 def load_regions(

@@ -22,7 +22,7 @@ from typing import Literal
 
 from PIL import Image, ImageDraw
 
-from gemkr_lab.kb.storage import atomic_directory
+from gemkr_lab.io import atomic_directory
 from gemkr_lab.kb.tokenize import train_tokenizer
 
 SHAPES = ["circle", "square", "triangle", "star", "hexagon", "diamond", "cross", "ring"]

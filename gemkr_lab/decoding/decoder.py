@@ -1,8 +1,5 @@
 """`ClueDecoder`: prompts in, per-query records (clues, scores, counts, documents) and TREC runs out."""
 
-import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +11,7 @@ from gemkr_lab.config.decoding import DecodingConfig
 from gemkr_lab.decoding.clues import QueryRecord, map_clues
 from gemkr_lab.decoding.constraint import IndexConstraint
 from gemkr_lab.decoding.search import beam_search
+from gemkr_lab.io import write_jsonl
 from gemkr_lab.kb.index import KBIndex
 from gemkr_lab.metrics.trec import write_run
 
@@ -83,15 +81,7 @@ def write_records(path: str | Path, records: Sequence[QueryRecord]) -> None:
     """Per-query records as JSONL, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for r in records:
-                fh.write(json.dumps(r.to_json()) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_jsonl(path, (r.to_json() for r in records))
 
 
 def write_records_run(path: str | Path, records: Sequence[QueryRecord], tag: str = "gemkr") -> None:

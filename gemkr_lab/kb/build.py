@@ -17,12 +17,13 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
+from gemkr_lab.io import atomic_directory, write_json
 from gemkr_lab.kb import _sa_kernels as sak
 from gemkr_lab.kb.backends import BACKENDS, open_shard
 from gemkr_lab.kb.doc_ids import DocIds, save_doc_ids
 from gemkr_lab.kb.errors import IndexFormatError
 from gemkr_lab.kb.index import KBIndex
-from gemkr_lab.kb.storage import META_FILE, atomic_directory, load_array, read_meta, save_array, write_json
+from gemkr_lab.kb.storage import META_FILE, load_array, read_meta, save_array
 from gemkr_lab.kb.suffix_array import INT32_BYTES_LIMIT
 
 FORMAT_NAME = "gemkr-kb-index"

@@ -1,23 +1,31 @@
 """On-disk layout of an index: `.npy` arrays (memory-mapped when read), checksums, and atomic directories.
 
 An index directory is complete exactly when its `meta.json` exists: builds happen in a sibling
-`<name>.partial-*` directory that is renamed into place only after every file, `meta.json` last, is written.
+`.<name>.partial-*` directory (`gemkr_lab.io.atomic_directory`) that is renamed into place only after every
+file, `meta.json` last, is written.
 """
 
 import json
-import os
-import shutil
-import tempfile
-import uuid
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from gemkr_lab.io import atomic_directory, write_json, write_text  # re-exported: older callers import them here
 from gemkr_lab.kb.errors import IndexFormatError
+
+__all__ = [
+    "META_FILE",
+    "atomic_directory",
+    "check_file",
+    "file_crc32",
+    "load_array",
+    "read_meta",
+    "save_array",
+    "write_json",
+    "write_text",
+]
 
 META_FILE = "meta.json"
 _CHUNK = 16 << 20
@@ -78,24 +86,6 @@ def load_array(directory: Path, entry: dict[str, Any], *, verify: bool, mmap: bo
     return arr.view(np.ndarray)
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON atomically (temporary file in the same directory, then rename)."""
-    write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write text atomically: readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_meta(directory: Path) -> dict[str, Any]:
     """Read an index's `meta.json`, with an error that says what to do when it is absent or unreadable."""
     path = directory / META_FILE
@@ -109,30 +99,3 @@ def read_meta(directory: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IndexFormatError(f"{path}: unreadable metadata ({exc}); rebuild the index") from exc
-
-
-@contextmanager
-def atomic_directory(final: Path, *, overwrite: bool) -> Iterator[Path]:
-    """Yield a fresh staging directory that replaces `final` only when the block finishes without error.
-
-    Refuses an existing `final` unless `overwrite`; on any error the staging directory is removed and an
-    existing `final` is left untouched.
-    """
-    final = Path(final)
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if final.exists():
-        trash = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, trash)
-        os.replace(staging, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, final)

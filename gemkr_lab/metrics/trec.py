@@ -6,10 +6,10 @@ so that this order is the decoder's order.
 """
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from gemkr_lab.io import atomic_write
 
 
 class RunFileError(ValueError):
@@ -112,19 +112,13 @@ def write_run(path: str | Path, ranked: Mapping[str, Sequence[str]], tag: str = 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for qid, docs in ranked.items():
-                unique = list(dict.fromkeys(docs))
-                for rank, docid in enumerate(unique, start=1):
-                    if any(c.isspace() for c in str(qid) + str(docid)):
-                        raise ValueError(f"query {qid!r} / document {docid!r}: TREC ids cannot contain spaces")
-                    fh.write(f"{qid} Q0 {docid} {rank} {len(unique) - rank + 1} {tag}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:
+        for qid, docs in ranked.items():
+            unique = list(dict.fromkeys(docs))
+            for rank, docid in enumerate(unique, start=1):
+                if any(c.isspace() for c in str(qid) + str(docid)):
+                    raise ValueError(f"query {qid!r} / document {docid!r}: TREC ids cannot contain spaces")
+                fh.write(f"{qid} Q0 {docid} {rank} {len(unique) - rank + 1} {tag}\n")
 
 
 def _raw_lines(path: Path):

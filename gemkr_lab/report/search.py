@@ -6,7 +6,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from gemkr_lab.kb.storage import write_text
+from gemkr_lab.io import write_text
 from gemkr_lab.sweep import study as study_mod
 from gemkr_lab.sweep.search import SearchSweep
 

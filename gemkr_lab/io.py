@@ -1,0 +1,261 @@
+"""Files and directories written as units, with modes that respect the umask (a leaf: imports nothing of ours).
+
+- `atomic_write` / `write_text` / `write_bytes` / `write_json` / `write_jsonl`: the data goes to a temporary
+  file in the target's directory, is flushed and fsynced, given the mode a plain `open()` would give it
+  (`0o666 & ~umask`: `tempfile.mkstemp` creates 0600, and that mode would survive the rename), and renamed
+  over the target. Readers see the old file or the new one, never half of one; a failure leaves the old
+  file as it was and no temporary file behind.
+- `atomic_directory`: a staging directory `.<name>.partial-<host>-<pid>-<random>` beside the target,
+  renamed into place only when the block finishes. A process killed meanwhile (SIGTERM, SIGKILL, power)
+  leaves its staging directory behind; the next `atomic_directory` for the same target removes the ones
+  whose process (on this host) is gone (`clean_stale`).
+"""
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "atomic_directory",
+    "atomic_write",
+    "clean_stale",
+    "current_umask",
+    "default_file_mode",
+    "pid_alive",
+    "write_bytes",
+    "write_json",
+    "write_jsonl",
+    "write_text",
+]
+
+_UMASK_LOCK = threading.Lock()
+# Staging and temporary names carry the writer's host and pid, so that leftovers of dead writers can be told
+# apart from those of live ones: .<name>.<kind>-<host>-<pid>-<random>
+_KINDS = ("partial", "old", "tmp")
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux: /proc/self/status)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # elsewhere: set and restore (not atomic with respect to other threads creating files)
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file: 0o666 without the umask's bits (umask 022 -> 0644)."""
+    return 0o666 & ~current_umask()
+
+
+def _host_tag() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def _tag() -> str:
+    return f"{_host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _name_the_target(exc: OSError, path: Path, tmp: str | None) -> None:
+    """Errors of a write (ENOSPC from `write`, EACCES from the rename) name the file the user asked for."""
+    if exc.filename is None or exc.filename == tmp:
+        exc.filename = str(path)
+        exc.filename2 = None
+
+
+@contextmanager
+def atomic_write(path: str | Path, mode: str = "w", *, encoding: str = "utf-8") -> Iterator[IO[Any]]:
+    """Yield a file object whose contents replace `path` only when the block finishes without error.
+
+    Args:
+        path: the file to (re)place; its directory must exist.
+        mode: "w" (text) or "wb" (bytes).
+        encoding: of text mode.
+
+    Raises:
+        OSError: naming `path` (not the temporary file), e.g. ENOSPC, EACCES, EROFS, EISDIR; `path` is
+            then unchanged and no temporary file remains.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write mode must be 'w' or 'wb', not {mode!r}")
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{_host_tag()}-{os.getpid()}-")
+        with os.fdopen(fd, mode, **({"encoding": encoding} if mode == "w" else {})) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+            with contextlib.suppress(OSError):  # e.g. filesystems without modes
+                os.fchmod(fh.fileno(), default_file_mode())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        _name_the_target(exc, path, tmp)
+        raise
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write text atomically (UTF-8): readers see the old file or the new one, never half of one."""
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write bytes atomically."""
+    with atomic_write(path, "wb") as fh:
+        fh.write(data)
+
+
+def write_json(path: str | Path, payload: Any, *, indent: int | None = 2, sort_keys: bool = True) -> None:
+    """Write JSON atomically (2-space indent and sorted keys by default, a final newline)."""
+    write_text(path, json.dumps(payload, indent=indent, sort_keys=sort_keys) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
+    """Write one JSON value per line atomically; `rows` is streamed (never held whole)."""
+    with atomic_write(path, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (one owned by another user counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True  # cannot tell: keep its files
+    return True
+
+
+def clean_stale(directory: str | Path, name: str | None = None) -> list[Path]:
+    """Remove leftovers of writers that died: staging dirs, old copies and temporary files of `name`.
+
+    Only entries `.<name>.{partial,old,tmp}-<host>-<pid>-…` written on this host by a process that no longer
+    exists are removed; those of live processes and of other hosts (shared filesystems) are kept.
+    With `name=None`, every target in `directory` is considered. Returns the removed paths.
+    """
+    directory = Path(directory)
+    target = re.escape(name) if name is not None else r".+"
+    pattern = re.compile(rf"^\.{target}\.(?:{'|'.join(_KINDS)})-(?P<host>[0-9a-f]{{6}})-(?P<pid>\d+)-")
+    host = _host_tag()
+    removed = []
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if m is None or m["host"] != host or pid_alive(int(m["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        if not entry.exists():
+            removed.append(entry)
+    return removed
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            if os.path.islink(p):
+                continue
+            try:
+                fd = os.open(p, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+@contextmanager
+def atomic_directory(final: str | Path, *, overwrite: bool) -> Iterator[Path]:
+    """Yield a fresh staging directory that replaces `final` only when the block finishes without error.
+
+    Refuses an existing `final` unless `overwrite`; on any error the staging directory is removed and an
+    existing `final` is left untouched. Staging directories of dead processes from earlier runs are
+    removed first. Directories get the umask's mode, as `mkdir` gives them.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    if final.exists() and not final.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of this directory", str(final))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(final.parent, final.name)
+    staging = final.parent / f".{final.name}.partial-{_tag()}"
+    staging.mkdir()
+    try:
+        yield staging
+        _fsync_tree(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        if final.exists():
+            trash = final.parent / f".{final.name}.old-{_tag()}"
+            os.replace(final, trash)
+            try:
+                os.replace(staging, final)
+            except BaseException:
+                os.replace(trash, final)
+                raise
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
