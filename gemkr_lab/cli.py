@@ -119,40 +119,53 @@ def _make_world(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     from gemkr_lab.config import DataConfig
+    from gemkr_lab.config.experiment import ConfigError, load_experiment
     from gemkr_lab.data.prepare import Preparer
 
-    config = DataConfig(
-        dataset=args.dataset,
-        detector=args.detector,
-        yolo_weights=args.yolo_weights,
-        clue_max_tokens=args.clue_max_tokens,
-        clue_min_tokens=args.clue_min_tokens,
-    )
-    steps = Preparer(
-        config, args.data_root, args.out, tokenizer=args.tokenizer, backend=args.backend, force=args.force
-    ).run()
+    if args.experiment:
+        if args.dataset or args.data_root or args.out:
+            raise ConfigError("prepare: give either --experiment (with --set KEY=VALUE) or DATASET --data-root --out")
+        config = load_experiment(args.experiment, args.set)
+        data, data_root, out, tokenizer = config.data, config.data_root, config.prepared, config.tokenizer
+    else:
+        if not (args.dataset and args.data_root and args.out):
+            raise ConfigError("prepare: give DATASET --data-root DIR --out DIR, or --experiment PRESET")
+        data = DataConfig(
+            dataset=args.dataset,
+            detector=args.detector,
+            yolo_weights=args.yolo_weights,
+            clue_max_tokens=args.clue_max_tokens,
+            clue_min_tokens=args.clue_min_tokens,
+            max_objects=args.max_objects,
+            detector_confidence=args.detector_confidence,
+            detector_iou=args.detector_iou,
+            index_backend=args.backend,
+        )
+        data_root, out, tokenizer = args.data_root, args.out, args.tokenizer
+    steps = Preparer(data, data_root, out, tokenizer=tokenizer, force=args.force).run()
     for s in steps:
         print(f"{s['step']:<8} {s['status']:<8} {s['why']}" + (f": {s['detail']}" if s.get("detail") else ""))
+    print(f"-> {out}")
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
     from gemkr_lab.config.experiment import load_experiment
-    from gemkr_lab.run.cell import run_cell, run_dir
+    from gemkr_lab.run.cell import run_cell, run_dir, with_seed
 
     config = load_experiment(args.experiment, args.overrides)
     means = run_cell(config, args.seed, args.root, list(args.overrides))
-    print(f"{config.name} seed {args.seed} -> {run_dir(args.root, config.name, args.seed)}")
+    print(f"{config.name} seed {args.seed} -> {run_dir(args.root, with_seed(config, args.seed))}")
     print("  ".join(f"{k} {100 * v:.1f}" for k, v in means.items() if k in ("P@5", "R@5", "R@10", "MRR@10")))
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from gemkr_lab.config.experiment import load_experiment
-    from gemkr_lab.run.cell import evaluate_cell
+    from gemkr_lab.run.cell import evaluate_cell, find_run
 
-    config = load_experiment(args.experiment, args.overrides)
-    means = evaluate_cell(config, args.seed, args.root)
+    run = find_run(args.experiment, args.seed, args.root)
+    means = evaluate_cell(run, args.overrides)
+    print(f"{run} (decoding {' '.join(args.overrides) or 'unchanged'})")
     print("  ".join(f"{k} {100 * v:.1f}" for k, v in means.items() if k in ("P@5", "R@5", "R@10", "MRR@10")))
     return 0
 
@@ -286,27 +299,41 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--overwrite", action="store_true")
     world.set_defaults(func=_make_world)
 
-    prep = verbs.add_parser("prepare", help="index the KB, build clue targets, cache object regions")
-    prep.add_argument("dataset", choices=["okvqa-gs112k", "okvqa-wk21m", "remuq", "synthetic"])
-    prep.add_argument("--data-root", required=True, help="the dataset's downloaded files")
-    prep.add_argument("--out", required=True, help="where prepared files go")
+    prep = verbs.add_parser(
+        "prepare",
+        help="index the KB, build clue targets, cache object regions",
+        description="Either DATASET --data-root DIR --out DIR [options], or --experiment PRESET [--set KEY=VALUE]: "
+        "the experiment's data settings, data root, prepared folder and tokenizer.",
+    )
+    prep.add_argument("dataset", nargs="?", choices=["okvqa-gs112k", "okvqa-wk21m", "remuq", "synthetic"])
+    prep.add_argument("--experiment", help="prepare what this experiment preset needs (e.g. tiny-cpu/clue-length-5)")
+    prep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override of the experiment")
+    prep.add_argument("--data-root", help="the dataset's downloaded files")
+    prep.add_argument("--out", help="where prepared files go")
     prep.add_argument("--tokenizer", help="the LLM's tokenizer directory (default: DATA_ROOT/tokenizer)")
     prep.add_argument("--backend", choices=["sa", "fm"], default="fm")
     prep.add_argument("--detector", choices=["yolo", "ground_truth", "none"], default="ground_truth")
     prep.add_argument("--yolo-weights", help="local YOLO weights (.pt/.onnx) for --detector yolo")
     prep.add_argument("--clue-max-tokens", type=int, default=9)
     prep.add_argument("--clue-min-tokens", type=int, default=2)
+    prep.add_argument("--max-objects", type=int, default=10, help="regions kept per image (1..10)")
+    prep.add_argument("--detector-confidence", type=float, default=0.25, help="YOLO confidence threshold")
+    prep.add_argument("--detector-iou", type=float, default=0.45, help="YOLO NMS IoU threshold")
     prep.add_argument("--force", action="store_true", help="redo every step")
     prep.set_defaults(func=_prepare)
 
     for verb, func, text in (
         ("train", _train, "train, decode and score one experiment cell (resumes an incomplete run)"),
         ("run-cell", _train, "the same, as a sweep's worker process runs it"),
-        ("evaluate", _evaluate, "decode and score a trained run again with (overridden) decoding knobs"),
+        ("evaluate", _evaluate, "decode and score a trained run again, exactly as trained, with other decoding"),
     ):
         cmd = verbs.add_parser(verb, help=text)
-        cmd.add_argument("experiment", help="preset under experiments/ (e.g. tiny-cpu/full) or a YAML path")
-        cmd.add_argument("overrides", nargs="*", help="key=value, e.g. train.max_steps=100 model.use_gate=false")
+        if verb == "evaluate":
+            cmd.add_argument("experiment", help="a run directory, or the cell (e.g. tiny-cpu/full) whose run to use")
+            cmd.add_argument("overrides", nargs="*", help="decoding.key=value only, e.g. decoding.num_groups=5")
+        else:
+            cmd.add_argument("experiment", help="preset under experiments/ (e.g. tiny-cpu/full) or a YAML path")
+            cmd.add_argument("overrides", nargs="*", help="key=value, e.g. train.max_steps=100 model.use_gate=false")
         cmd.add_argument("--seed", type=int, default=0)
         cmd.add_argument("--root", default="runs/experiments", help="run directories go under ROOT/CELL/seed-S")
         cmd.set_defaults(func=func)

@@ -1,7 +1,12 @@
 """How clues are decoded and turned into ranked documents (gemkr_spec.md §4)."""
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
+
+from gemkr_lab.config.checks import AtLeast, check_fields
+
+PAPER_CLUE_TOKENS = 9
+"""The clue cap of the paper and the official code."""
 
 
 @dataclass(frozen=True)
@@ -17,17 +22,18 @@ class DecodingConfig:
     constrained: bool = True
     """Ablation "constrained vs unconstrained": mask tokens the KB cannot continue; off = generate freely,
     then look each clue up (a clue absent from the KB retrieves nothing)."""
-    num_groups: int = 10
+    num_groups: Annotated[int, AtLeast(1)] = 10
     """Beam groups of diverse search (plain beam search uses one group)."""
-    beams_per_group: int = 1
+    beams_per_group: Annotated[int, AtLeast(1)] = 1
     """Beams in each group; the clues returned are num_groups x beams_per_group."""
-    diversity_penalty: float = 0.5
+    diversity_penalty: Annotated[float, AtLeast(0)] = 0.5
     """Hamming penalty on tokens chosen by earlier groups at the same step (diverse search only)."""
-    length_penalty: float = 1.5
+    length_penalty: Annotated[float, AtLeast(0)] = 1.5
     """Final score = sum of log-probs / (clue tokens + 1) ** length_penalty (HF's convention)."""
-    max_clue_tokens: int = 9
-    """Ablation "clue length": after this many tokens only EOS may follow (paper and code: 9)."""
-    stop_at_count: int | None = None
+    max_clue_tokens: Annotated[int, AtLeast(1)] | None = None
+    """After this many tokens only EOS may follow. None = the clue length the model was trained on
+    (`data.clue_max_tokens`, paper and code: 9); set it only to decode with another cap than the targets'."""
+    stop_at_count: Annotated[int, AtLeast(1)] | None = None
     """End a clue as soon as it occurs at most this many times in the KB (paper text: 1, i.e. unique);
     None = run to the length cap, as the official code does."""
     clue_to_docs: Literal["first", "unique", "all"] = "first"
@@ -39,23 +45,23 @@ class DecodingConfig:
     ends the clue, looked up anywhere (the spec's "generate freely, then exact substring lookup"; models learn
     mid-document spans followed by EOS). Constrained decoding always matches such a clue at a document's end,
     as the official code: the KB allows EOS only where the clue ends a document."""
-    docs_per_clue_limit: int = 1000
+    docs_per_clue_limit: Annotated[int, AtLeast(1)] = 1000
     """Occurrences located per clue at most (SEAL's cap; frequent clues carry little evidence)."""
-    check_top_m: int = 64
+    check_top_m: Annotated[int, AtLeast(1)] = 64
     """Validate the model's best M tokens per beam instead of enumerating all followers of large ranges."""
-    enumerate_below: int = 256
+    enumerate_below: Annotated[int, AtLeast(0)] = 256
     """Ranges with at most this many occurrences enumerate their followers (cheaper than M checks)."""
 
     def __post_init__(self) -> None:
-        if self.search not in ("diverse", "beam"):
-            raise ValueError(f"search must be 'diverse' or 'beam', got {self.search!r}")
-        if self.clue_to_docs not in ("first", "unique", "all"):
-            raise ValueError(f"clue_to_docs must be 'first', 'unique' or 'all', got {self.clue_to_docs!r}")
-        for name in ("num_groups", "beams_per_group", "max_clue_tokens", "docs_per_clue_limit", "check_top_m"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.stop_at_count is not None and self.stop_at_count < 1:
-            raise ValueError(f"stop_at_count must be >= 1 or None, got {self.stop_at_count}")
+        check_fields(self)
+
+    @property
+    def clue_cap(self) -> int:
+        """The length cap used: `max_clue_tokens`, or the paper's 9 when unset.
+
+        An experiment always resolves an unset cap to `data.clue_max_tokens`; 9 applies to bare configs.
+        """
+        return self.max_clue_tokens if self.max_clue_tokens is not None else PAPER_CLUE_TOKENS
 
     @property
     def groups(self) -> int:

@@ -8,10 +8,11 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_type_hints
 
 import yaml
 
+from gemkr_lab.config.checks import AtLeast, ConfigLoader, FieldError, check_fields, load_yaml
 from gemkr_lab.config.data import DataConfig
 from gemkr_lab.config.decoding import DecodingConfig
 from gemkr_lab.config.model import ModelConfig
@@ -26,12 +27,15 @@ class TrackingConfig:
 
     wandb: bool = True
     """Track the run in W&B."""
-    mode: str = "offline"
+    mode: Literal["offline", "online", "disabled"] = "offline"
     """W&B mode: "offline" (sync later with `wandb sync`), "online" or "disabled"."""
     project: str = "gemkr-lab"
     """W&B project."""
     tags: tuple[str, ...] = ()
     """Extra tags (the cell and the dataset are always added)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -43,10 +47,10 @@ class ExperimentConfig:
     data_root: str = "runs/world"
     """Where the dataset's files are (for the synthetic world: written by make-world)."""
     prepared: str = "runs/world-prepared"
-    """Where `prepare` put the index, clue targets and regions."""
+    """Where `prepare` put the index, clue targets and regions (stamped with the data settings it used)."""
     tokenizer: str | None = None
     """The LLM's tokenizer directory (default: DATA_ROOT/tokenizer)."""
-    limit_train: int | None = None
+    limit_train: Annotated[int, AtLeast(1)] | None = None
     """Use only the first N instruction rows (quick runs)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -54,22 +58,39 @@ class ExperimentConfig:
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.decoding.max_clue_tokens is None:  # one clue-length knob: the decoding cap follows the targets
+            decoding = dataclasses.replace(self.decoding, max_clue_tokens=self.data.clue_max_tokens)
+            object.__setattr__(self, "decoding", decoding)
+
 
 class ConfigError(ValueError):
     """A preset or override that does not fit the configuration schema."""
 
 
 def load_experiment(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Compose a preset (and the presets it builds on) with `key=value` overrides over the defaults."""
-    diff = _preset(name_or_path, seen=())
+    """Compose a preset (and the presets it builds on) with `key=value` overrides over the defaults.
+
+    Every value is checked against its field's declared type and bounds; an error names the key, the value,
+    what is expected and the preset file or override it came from.
+    """
+    diff, sources = _preset(name_or_path, seen=())
     for item in overrides:
         key, sep, raw = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r}: write key=value, e.g. train.max_steps=100")
-        _set_path(diff, key.strip().split("."), yaml.safe_load(raw) if raw else None, where=f"override {item!r}")
+        try:
+            value = load_yaml(raw) if raw else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc.problem})") from exc
+        _set_path(diff, key.split("."), value, where=f"override {item!r}")
+        _forget(sources, key)
+        sources[key] = f"override {item!r}"
     name = Path(name_or_path).stem if name_or_path.endswith(".yaml") else name_or_path
     diff.setdefault("name", name)
-    return build(ExperimentConfig, diff, where=name_or_path)
+    return build(ExperimentConfig, diff, where=name_or_path, sources=sources)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -86,35 +107,57 @@ def to_dict(config: Any) -> dict[str, Any]:
     return fix(out)
 
 
-def build(cls, values: dict[str, Any], where: str):
-    """Instantiate dataclass `cls` from a (nested) dict, naming unknown keys with a suggestion."""
+def build(cls, values: dict[str, Any], where: str, sources: dict[str, str] | None = None, prefix: str = ""):
+    """Instantiate dataclass `cls` from a (nested) dict.
+
+    Unknown keys are named with a suggestion; bad values with the key, what is expected and where the value
+    came from (`sources`: dotted key -> origin).
+    """
+    sources = sources or {}
     known = {f.name: f for f in fields(cls)}
+    hints = get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
+        path = f"{prefix}{key}"
         if key not in known:
             hint = difflib.get_close_matches(key, known, n=1)
+            origin = _origin(sources, path)
             raise ConfigError(
-                f"{where}: unknown key {key!r} in {cls.__name__}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                f"{origin}: unknown key {path!r} in {cls.__name__}" + (f"; did you mean {hint[0]!r}?" if hint else "")
             )
-        sub = _dataclass_type(known[key])
+        sub = hints[key] if is_dataclass(hints[key]) else None
         if sub is not None:
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}: {key!r} must be a mapping of {sub.__name__} fields")
-            kwargs[key] = build(sub, value, f"{where}: {key}")
+                raise ConfigError(f"{_origin(sources, path)}: {path!r} must be a mapping of {sub.__name__} fields")
+            kwargs[key] = build(sub, value, where, sources, prefix=f"{path}.")
         else:
-            kwargs[key] = tuple(value) if isinstance(value, list) else value
+            kwargs[key] = value
     try:
         return cls(**kwargs)
+    except FieldError as exc:
+        path = f"{prefix}{exc.key}"
+        origin = _origin(sources, path.split("[")[0], default=where)
+        raise ConfigError(f"{path} = {exc.value!r}: expected {exc.expected} (from {origin})") from exc
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
+        raise ConfigError(f"{where}: {prefix}{exc}") from exc
 
 
-def _dataclass_type(f: dataclasses.Field):
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    return type(default) if is_dataclass(default) else None
+def _origin(sources: dict[str, str], path: str, default: str = "the defaults") -> str:
+    """Where the value at `path` (or the section holding it) was set."""
+    parts = path.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in sources:
+            return sources[".".join(parts[:n])]
+    return default
 
 
-def _preset(name_or_path: str, seen: tuple[str, ...]) -> dict[str, Any]:
+def _forget(sources: dict[str, str], key: str) -> None:
+    for k in [k for k in sources if k == key or k.startswith(key + ".")]:
+        del sources[k]
+
+
+def _preset(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The merged diff of a preset and its bases, and where each key was set ("file:line")."""
     path = Path(name_or_path)
     if not path.suffix:
         path = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
@@ -124,15 +167,50 @@ def _preset(name_or_path: str, seen: tuple[str, ...]) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such experiment preset" + (f"; did you mean {hint[0]!r}?" if hint else ""))
     if str(path) in seen:
         raise ConfigError(f"{path}: presets build on each other in a cycle ({' -> '.join(seen)})")
+    text = path.read_text(encoding="utf-8")
     try:
-        diff = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        diff = load_yaml(text) or {}
+        lines = _key_lines(yaml.compose(text, Loader=ConfigLoader))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
     if not isinstance(diff, dict):
         raise ConfigError(f"{path}: a preset is a mapping of fields to change")
+    shown = _shown(path)
+    sources = {key: f"{shown}:{line}" for key, line in lines.items()}
     base = diff.pop("base", None)
-    merged = _preset(base, (*seen, str(path))) if base else {}
-    return _merge(merged, diff)
+    if base is None:
+        return diff, sources
+    if not isinstance(base, str):
+        raise ConfigError(f"{shown}:{lines.get('base', 1)}: base must name a preset, got {base!r}")
+    merged, base_sources = _preset(base, (*seen, str(path)))
+    for key in _leaf_keys(diff):
+        _forget(base_sources, key)
+    return _merge(merged, diff), base_sources | sources
+
+
+def _key_lines(node, prefix: str = "") -> dict[str, int]:
+    """Dotted key -> 1-based line of every key in a composed YAML mapping."""
+    out: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            dotted = f"{prefix}{key.value}"
+            out[dotted] = key.start_mark.line + 1
+            out |= _key_lines(value, dotted + ".")
+    return out
+
+
+def _leaf_keys(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in d.items():
+        out += _leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _merge(a: dict, b: dict) -> dict:

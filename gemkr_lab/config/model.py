@@ -1,7 +1,55 @@
 """The GeMKR model (gemkr_spec.md §2): every component the paper ablates is one field here."""
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+from gemkr_lab.config.checks import PROBABILITY, AtLeast, FieldError, check_fields
+
+TOWER_DEPTHS = {"ViT-L-14": 24, "EVA-g-14-39": 39, "tiny-vit": 4}
+"""Blocks of the named towers (gemkr_lab.model.vision.VISION_SPECS has their full shapes; a test keeps the two
+equal). Other open_clip ViTs are looked up in open_clip's model configs."""
+
+
+def tower_depth(name: str) -> int | None:
+    """Blocks of the vision tower `name`, or None when it is not a known ViT."""
+    if name in TOWER_DEPTHS:
+        return TOWER_DEPTHS[name]
+    try:
+        import open_clip  # a JSON lookup of the architecture, nothing is built
+
+        layers = (open_clip.get_model_config(name) or {}).get("vision_cfg", {}).get("layers")
+    except ImportError:
+        return None
+    return layers if isinstance(layers, int) else None
+
+
+@dataclass(frozen=True)
+class TinyLLMConfig:
+    """Shape of the random-initialised "tiny-llama" LLM (a LlamaConfig's size fields)."""
+
+    hidden_size: Annotated[int, AtLeast(1)] = 64
+    """Model width."""
+    intermediate_size: Annotated[int, AtLeast(1)] = 128
+    """MLP width."""
+    num_hidden_layers: Annotated[int, AtLeast(1)] = 2
+    """Decoder blocks."""
+    num_attention_heads: Annotated[int, AtLeast(1)] = 4
+    """Query heads."""
+    num_key_value_heads: Annotated[int, AtLeast(1)] = 2
+    """Key/value heads (grouped-query attention)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.hidden_size % self.num_attention_heads:
+            raise FieldError(
+                "hidden_size", self.hidden_size, f"a multiple of num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise FieldError(
+                "num_key_value_heads",
+                self.num_key_value_heads,
+                f"a divisor of num_attention_heads ({self.num_attention_heads})",
+            )
 
 
 @dataclass(frozen=True)
@@ -30,13 +78,13 @@ class ModelConfig:
     use_gate: bool = True
     """Ablation "without gate": off = the prefix flow enters unscaled instead of through a zero-initialised
     per-head gate."""
-    prefix_layers: int | None = None
+    prefix_layers: Annotated[int, AtLeast(1)] | None = None
     """Blocks (the last ones) that receive prefixes; None = about half the tower (20 of 39 for EVA-g, as the
     official code; 12 of 24 for ViT-L-14)."""
-    prefix_length: int = 10
+    prefix_length: Annotated[int, AtLeast(1)] = 10
     """Prefix tokens per layer, equal to the maximum number of objects (official: 10)."""
     # ---- visual tokens for the LLM ----
-    object_tokens: int = 2
+    object_tokens: Annotated[int, AtLeast(0)] = 2
     """K: object-aware prefix tokens of the last block passed to the LLM beside the CLS token (official: 2)."""
     train_visual_norm: bool = False
     """Train the LayerNorm before the projection (official: freshly initialised and frozen, i.e. plain
@@ -51,31 +99,27 @@ class ModelConfig:
     """Load the LLM in 8 bits (bitsandbytes, GPU only), as the official evaluation does."""
     use_lora: bool = True
     """LoRA on the frozen LLM (paper); off = full fine-tuning, which the paper notes small LLMs need."""
-    lora_r: int = 8
+    lora_r: Annotated[int, AtLeast(1)] = 8
     """LoRA rank."""
-    lora_alpha: int = 16
+    lora_alpha: Annotated[int, AtLeast(1)] = 16
     """LoRA scaling numerator."""
-    lora_dropout: float = 0.05
+    lora_dropout: Annotated[float, PROBABILITY] = 0.05
     """LoRA dropout."""
     lora_targets: tuple[str, ...] = field(default=("q_proj", "v_proj"))
     """Modules LoRA adapts (official: q_proj, v_proj)."""
-    tiny_llm: dict = field(
-        default_factory=lambda: {
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-        }
-    )
+    tiny_llm: TinyLLMConfig = field(default_factory=TinyLLMConfig)
     """Shape of the "tiny-llama" LLM."""
 
     def __post_init__(self) -> None:
-        if self.attention_flow not in ("dual", "joint"):
-            raise ValueError(f"attention_flow must be 'dual' or 'joint', got {self.attention_flow!r}")
-        if self.prefix_length < 1:
-            raise ValueError(f"prefix_length must be >= 1, got {self.prefix_length}")
-        if not 0 <= self.object_tokens <= self.prefix_length:
-            raise ValueError(f"object_tokens must be in 0..prefix_length, got {self.object_tokens}")
-        if self.llm_dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"llm_dtype must be float32, bfloat16 or float16, got {self.llm_dtype!r}")
+        check_fields(self)
+        if self.object_tokens > self.prefix_length:
+            raise FieldError("object_tokens", self.object_tokens, f"<= prefix_length ({self.prefix_length})")
+        depth = tower_depth(self.vision_model)
+        if depth is None:
+            raise FieldError(
+                "vision_model", self.vision_model, f"one of {', '.join(TOWER_DEPTHS)} or an open_clip ViT architecture"
+            )
+        if self.prefix_layers is not None and self.prefix_layers > depth:
+            raise FieldError("prefix_layers", self.prefix_layers, f"<= {depth}, the depth of {self.vision_model}")
+        if self.load_in_8bit and self.llm == "tiny-llama":
+            raise FieldError("load_in_8bit", True, "false for the random tiny-llama (8-bit loads a checkpoint)")

@@ -1,42 +1,49 @@
 """Optimisation and trainer settings (gemkr_spec.md §3.4)."""
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
+
+from gemkr_lab.config.checks import POSITIVE, AtLeast, FieldError, check_fields
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Training. Defaults are the official run's (AdamW, warmup to 6e-5, cosine to 1e-5, batch 12 x 2)."""
 
-    lr: float = 6e-5
+    lr: Annotated[float, POSITIVE] = 6e-5
     """Peak learning rate."""
-    min_lr: float = 1e-5
+    min_lr: Annotated[float, AtLeast(0)] = 1e-5
     """Cosine floor."""
-    warmup_start_lr: float = 1e-6
+    warmup_start_lr: Annotated[float, AtLeast(0)] = 1e-6
     """Learning rate at step 0 of the linear warmup."""
-    warmup_steps: int = 200
+    warmup_steps: Annotated[int, AtLeast(0)] = 200
     """Warmup steps (optimizer steps)."""
-    max_steps: int = 6000
+    max_steps: Annotated[int, AtLeast(1)] = 6000
     """Optimizer steps in total (official: 5 x 2400 micro-batches / 2 accumulation)."""
-    batch_size: int = 12
+    batch_size: Annotated[int, AtLeast(1)] = 12
     """Samples per micro-batch."""
-    accumulate_grad_batches: int = 2
+    accumulate_grad_batches: Annotated[int, AtLeast(1)] = 2
     """Micro-batches per optimizer step (official runner default)."""
-    weight_decay: float = 0.05
+    weight_decay: Annotated[float, AtLeast(0)] = 0.05
     """AdamW decay on parameters with >= 2 dimensions; none on biases and 1-D parameters."""
-    gradient_clip_val: float | None = 1.0
+    gradient_clip_val: Annotated[float, POSITIVE] | None = 1.0
     """Gradient-norm clipping (None = off; the official code does not clip)."""
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     """Lightning precision (official: fp16 autocast)."""
-    strategy: str = "auto"
-    """Lightning strategy: "auto", "ddp", "fsdp", ..."""
-    devices: int | str = "auto"
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = "auto"
+    """Lightning strategy."""
+    devices: Annotated[int, AtLeast(1)] | Literal["auto"] = "auto"
     """Devices per node."""
-    seed: int = 42
+    seed: Annotated[int, AtLeast(0)] = 42
     """Seed of everything (official: 42)."""
     deterministic: bool = False
     """torch deterministic algorithms (the resume test uses them on CPU)."""
-    checkpoint_every_n_epochs: int = 1
+    checkpoint_every_n_epochs: Annotated[int, AtLeast(1)] = 1
     """Checkpoints (trainable parameters only) at epoch ends; resume continues from the last one."""
-    num_workers: int = 0
+    num_workers: Annotated[int, AtLeast(0)] = 0
     """DataLoader workers."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.min_lr > self.lr:
+            raise FieldError("min_lr", self.min_lr, f"<= lr ({self.lr})")

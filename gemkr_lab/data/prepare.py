@@ -3,6 +3,10 @@
 Idempotent: each step records a fingerprint of its inputs (file contents, tokenizer, knobs) in
 `<out>/stamps/<step>.json`, written after its outputs; a re-run skips a step whose fingerprint is unchanged
 and whose outputs are there, and `force=True` redoes every step. Region detection also resumes per image.
+
+When every step is done, `<out>/prepare.json` stamps the folder with the prepare-time settings it was made
+with (the PREPARE_TIME fields of DataConfig), the tokenizer's fingerprint and one fingerprint of all steps.
+Runs compare that stamp with their own settings (`stamp_differences`) and key their results by it.
 """
 
 import hashlib
@@ -15,6 +19,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from gemkr_lab.config.checks import prepare_time_fields
 from gemkr_lab.config.data import DataConfig
 from gemkr_lab.data.clue_targets import ClueFinder, ClueStats
 from gemkr_lab.data.datasets import Dataset
@@ -39,6 +44,27 @@ def file_fingerprint(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+STAMP = "prepare.json"
+
+
+def prepare_settings(config: DataConfig) -> dict[str, Any]:
+    """The prepare-time settings of a data config (the fields marked PREPARE_TIME)."""
+    return {name: getattr(config, name) for name in prepare_time_fields(DataConfig)}
+
+
+def read_stamp(prepared: str | Path) -> dict[str, Any] | None:
+    """The folder's `prepare.json` stamp, or None when `prepare` has not finished there."""
+    path = Path(prepared) / STAMP
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def stamp_differences(stamp: dict[str, Any], config: DataConfig) -> list[tuple[str, Any, Any]]:
+    """(field, prepared value, wanted value) for every prepare-time setting where the two differ."""
+    wanted = prepare_settings(config)
+    made = stamp.get("settings", {})
+    return [(k, made.get(k), v) for k, v in wanted.items() if made.get(k) != v]
+
+
 class Preparer:
     """Runs the preparation steps of one dataset into one output folder."""
 
@@ -48,7 +74,6 @@ class Preparer:
         data_root: str | Path,
         out: str | Path,
         tokenizer: str | Path | None = None,
-        backend: str = "fm",
         force: bool = False,
         progress: bool | None = None,
     ) -> None:
@@ -65,14 +90,16 @@ class Preparer:
             if not Path(config.yolo_weights).is_file():
                 raise DataError(f"{config.yolo_weights}: no such YOLO weights file (give a local .pt or .onnx)")
         self.tokenizer = load_tokenizer(tok_dir)
-        self.backend = backend
+        self.backend = config.index_backend
         self.force = force
         self.progress = progress
         self.summary: list[dict[str, str]] = []
+        self.fingerprints: dict[str, str] = {}
 
     def run(self) -> list[dict[str, str]]:
         """Every step in order; returns what was made or skipped, and why."""
         self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / STAMP).unlink(missing_ok=True)  # not a prepared folder until every step is done again
         tok_fp = tokenizer_fingerprint(self.tokenizer)
         corpus_fp = file_fingerprint(self.dataset.corpus)
         self._step("index", {"corpus": corpus_fp, "tokenizer": tok_fp, "backend": self.backend}, self._index)
@@ -97,6 +124,11 @@ class Preparer:
         else:
             self._step("regions", {"detector": detector, "queries": query_fps}, lambda: self._regions(splits))
         write_json(self.out / "prepare_summary.json", {"dataset": self.config.dataset, "steps": self.summary})
+        steps = self.fingerprints  # the steps that apply to these settings, not stale stamps of others
+        settings = prepare_settings(self.config)
+        identity = {"settings": settings, "tokenizer_fingerprint": tok_fp, "steps": steps}
+        fingerprint = "sha256:" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        write_json(self.out / STAMP, {"format": 1, **identity, "fingerprint": fingerprint, "at": _now()})
         return self.summary
 
     # ---- steps -----------------------------------------------------------------------------------------
@@ -104,6 +136,7 @@ class Preparer:
     def _step(self, name: str, inputs: dict[str, Any], action: Callable[[], str]) -> None:
         stamp = self.out / "stamps" / f"{name}.json"
         fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+        self.fingerprints[name] = fingerprint
         if not self.force and stamp.is_file():
             done = json.loads(stamp.read_text(encoding="utf-8"))
             if done.get("fingerprint") == fingerprint and self._outputs_exist(name):
@@ -112,6 +145,7 @@ class Preparer:
             why = "inputs changed" if done.get("fingerprint") != fingerprint else "outputs missing"
         else:
             why = "forced" if self.force and stamp.is_file() else "first run"
+        self.why = why
         detail = action()
         stamp.parent.mkdir(exist_ok=True)
         write_json(stamp, {"fingerprint": fingerprint, "inputs": inputs, "at": _now(), "detail": detail})
@@ -194,8 +228,8 @@ class Preparer:
 
     def _regions(self, splits: list[str]) -> str:
         cache = self.out / "regions"
-        if self.force and cache.exists():
-            shutil.rmtree(cache)
+        if (self.force or self.why == "inputs changed") and cache.exists():
+            shutil.rmtree(cache)  # detections of other weights or thresholds must not survive under new ones
         cache.mkdir(exist_ok=True)
         image_ids = sorted({q.image_id for s in splits for q in self.dataset.queries(s)})
         todo = [i for i in image_ids if not (cache / f"{i}.json").is_file()]  # resume an interrupted run

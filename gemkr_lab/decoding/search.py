@@ -127,9 +127,9 @@ def beam_search(
     pools = [_Pool(per_query) for _ in range(q)]
     needed = 2 * beams + (groups - 1) * beams if config.search == "diverse" else 2 * beams
 
-    for step in range(config.max_clue_tokens + 1):
+    for step in range(config.clue_cap + 1):
         logprobs = torch.log_softmax(logits, dim=-1)
-        at_cap = step == config.max_clue_tokens
+        at_cap = step == config.clue_cap
         end_now = np.full(n, at_cap) | forced
         if config.constrained:
             live = np.flatnonzero(~end_now & (cum.numpy() > NEG_INF))  # dead slots need no mask

@@ -5,6 +5,7 @@ text after the placeholder (`### Response:`), the clue and EOS; the loss is next
 clue and EOS only.
 """
 
+import dataclasses
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,11 @@ def build_llm(config: ModelConfig, vocab_size: int, *, device: str = "cpu", shap
 
     dtype = getattr(torch, config.llm_dtype)
     if shape is not None or config.llm == "tiny-llama":
-        dims = LLM_SHAPES[shape] if shape is not None else {"vocab_size": vocab_size, **config.tiny_llm}
+        dims = (
+            LLM_SHAPES[shape]
+            if shape is not None
+            else {"vocab_size": vocab_size, **dataclasses.asdict(config.tiny_llm)}
+        )
         cfg = LlamaConfig(max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=0, **dims)
         with torch.device(device):
             return LlamaForCausalLM(cfg).to(dtype)
@@ -147,6 +152,24 @@ class GeMKR(nn.Module):
         """Only what training changes: checkpoints never hold the frozen LLM or ViT."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds to rebuild this exact model.
+
+        The trained parameters, plus every frozen part that was randomly initialised instead of loaded from a
+        weights file (the tiny CPU towers and LLMs), so that re-evaluation never depends on re-drawing the
+        same random numbers. Frozen pretrained weights (EVA-g, LLaMA) are never copied into checkpoints.
+        """
+        random_parts = tuple(
+            prefix
+            for prefix, random in (
+                ("vision.", not self.config.vision_weights),
+                ("llm.", self.config.llm == "tiny-llama"),
+            )
+            if random
+        )
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names or k.startswith(random_parts)}
 
     # ---- computation -------------------------------------------------------------------------------------
 

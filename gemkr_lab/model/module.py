@@ -60,8 +60,8 @@ class GeMKRModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keep only trainable parameters; store the RNG states for an exact resume."""
-        keep = {f"model.{k}" for k in self.model.trainable_state_dict()}
+        """Keep the trained (and randomly initialised frozen) parameters; store the RNG states for an exact resume."""
+        keep = {f"model.{k}" for k in self.model.checkpoint_state_dict()}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
         checkpoint["rng"] = {  # plain tensors and tuples: Lightning loads checkpoints with weights_only=True

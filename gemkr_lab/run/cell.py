@@ -1,12 +1,16 @@
 """One ablation cell end to end: train -> decode the test split -> score -> a run directory.
 
-Run directories are keyed by cell and seed (`<root>/<cell>/seed-<s>/`), never by time. They hold the
-resolved config, the overrides, a manifest (code version, package versions, hardware, data and index
-fingerprints, status), checkpoints, per-query records, the TREC run and the metrics. A complete run is never
-overwritten; an incomplete one is resumed (training continues from its last checkpoint).
+A run is its resolved config. Run directories are `<root>/<cell>/seed-<s>/<fingerprint>/`, where the
+fingerprint covers everything that changes the result: the resolved experiment config (not where files are,
+not tracking) and the prepared data's stamp (its prepare-time settings, tokenizer and input files). The same
+cell and seed with another config is another run, never the old metrics. A run directory holds the resolved
+config, the overrides, a manifest (code version, package versions, hardware, data and index fingerprints,
+status), checkpoints, per-query records, the TREC run and the metrics. A complete run is never overwritten;
+an incomplete one is resumed (training continues from its last checkpoint).
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -18,16 +22,37 @@ from typing import Any
 
 import yaml
 
-from gemkr_lab.config.experiment import ExperimentConfig, to_dict
+from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, build, to_dict
 from gemkr_lab.kb.storage import write_json, write_text
 
 MANIFEST = "manifest.json"
 PACKAGES = ("torch", "transformers", "peft", "lightning", "open_clip_torch", "numpy", "numba", "gemkr_lab")
+NOT_IDENTITY = ("name", "data_root", "prepared", "tokenizer", "tracking")
+"""Fields that say where things are or how they are shown, not what is computed: left out of a run's identity
+(the prepared data's content is in it through its stamp)."""
 
 
-def run_dir(root: str | Path, cell: str, seed: int) -> Path:
-    """Where a cell's seed lives."""
+def seed_dir(root: str | Path, cell: str, seed: int) -> Path:
+    """Where a cell's runs for one seed live (one subfolder per resolved config)."""
     return Path(root) / cell.replace("/", "__") / f"seed-{seed}"
+
+
+def with_seed(config: ExperimentConfig, seed: int) -> ExperimentConfig:
+    """The config of one seed of a cell."""
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
+
+
+def run_fingerprint(config: ExperimentConfig) -> str:
+    """What identifies a run's result: the resolved config and the prepared data's stamp (checked first)."""
+    stamp = check_prepared(config)
+    identity = {k: v for k, v in to_dict(config).items() if k not in NOT_IDENTITY}
+    payload = json.dumps({"config": identity, "prepared": stamp["fingerprint"]}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def run_dir(root: str | Path, config: ExperimentConfig) -> Path:
+    """The run directory of this exact config (its seed is `config.train.seed`)."""
+    return seed_dir(root, config.name, config.train.seed) / run_fingerprint(config)
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
@@ -36,25 +61,55 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def check_prepared(config: ExperimentConfig, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The stamp of the config's prepared data; refuses data that is missing or was prepared otherwise."""
+    from gemkr_lab.data.prepare import read_stamp, stamp_differences
+    from gemkr_lab.data.queries import DataError
+
+    fix = prepare_command(config, overrides)
+    stamp = read_stamp(config.prepared)
+    if stamp is None:
+        raise DataError(f"{config.prepared}: not prepared for {config.name}; run: {fix}")
+    diffs = stamp_differences(stamp, config.data)
+    if diffs:
+        listed = "; ".join(f"data.{k}: prepared {a!r}, {config.name} wants {b!r}" for k, a, b in diffs)
+        raise DataError(
+            f"{config.prepared}: prepared with other settings than {config.name} ({listed}); "
+            f"prepare matching data into another folder: {fix} --set prepared=NEW_FOLDER"
+        )
+    return stamp
+
+
+def prepare_command(config: ExperimentConfig, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """The `gemkr-lab prepare` command that makes the data this experiment needs."""
+    sets = " ".join(f"--set {o}" for o in overrides)
+    return f"gemkr-lab prepare --experiment {config.name} {sets}".rstrip()
+
+
 def run_cell(config: ExperimentConfig, seed: int, root: str | Path, overrides: list[str] | None = None) -> dict:
     """Train, decode and score one cell for one seed; returns the mean metrics."""
     from gemkr_lab.data.queries import DataError
+    from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint
 
-    out = run_dir(root, config.name, seed)
+    config = with_seed(config, seed)
+    stamp = check_prepared(config, overrides or ())
+    tokenizer = load_tokenizer(tokenizer_dir(config))
+    if tokenizer_fingerprint(tokenizer) != stamp["tokenizer_fingerprint"]:
+        raise DataError(
+            f"{tokenizer_dir(config)}: another tokenizer than the one {config.prepared} was prepared with; "
+            f"prepare with this tokenizer: {prepare_command(config, overrides or ())} --set prepared=NEW_FOLDER"
+        )
+    out = run_dir(root, config)
     manifest = read_manifest(out)
     if manifest and manifest.get("status") == "complete":
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))["means"]
-    prepared = Path(config.prepared)
-    if not (prepared / "stamps" / "index.json").is_file():
-        raise DataError(f"{prepared}: not prepared; run gemkr-lab prepare {config.data.dataset} first")
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     write_text(out / "overrides.txt", "\n".join(overrides or []) + "\n")
-    manifest = _manifest(config, seed, previous=manifest)
+    manifest = _manifest(config, seed, stamp, previous=manifest)
     write_json(out / MANIFEST, manifest)
     try:
-        metrics = _train_decode_score(config, out, manifest)
+        metrics = _train_decode_score(config, out, manifest, tokenizer)
     except BaseException as exc:
         pruned = type(exc).__name__ == "TrialPruned"  # an Optuna search stopped this trial early
         manifest.update(status="pruned" if pruned else "failed", error=f"{type(exc).__name__}: {exc}", finished=_now())
@@ -65,16 +120,16 @@ def run_cell(config: ExperimentConfig, seed: int, root: str | Path, overrides: l
     return metrics
 
 
-def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict) -> dict:
-    from gemkr_lab.decoding import write_records, write_records_run
+def tokenizer_dir(config: ExperimentConfig) -> Path:
+    """The LLM's tokenizer directory (default: DATA_ROOT/tokenizer)."""
+    return Path(config.tokenizer) if config.tokenizer else Path(config.data_root) / "tokenizer"
+
+
+def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict, tokenizer) -> dict:
     from gemkr_lab.kb import open_index
-    from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint
-    from gemkr_lab.metrics import evaluate
-    from gemkr_lab.model.infer import decode_batches
+    from gemkr_lab.kb.tokenize import tokenizer_fingerprint
     from gemkr_lab.model.train import fit
 
-    tok_dir = Path(config.tokenizer) if config.tokenizer else Path(config.data_root) / "tokenizer"
-    tokenizer = load_tokenizer(tok_dir)
     index = open_index(Path(config.prepared) / "index", tokenizer_fingerprint=tokenizer_fingerprint(tokenizer))
     logger = _logger(config, out, manifest)
     write_json(out / MANIFEST, manifest)  # the W&B run id is on disk before training starts
@@ -93,16 +148,8 @@ def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict) -> 
     )
     manifest["train_seconds"] = round(time.perf_counter() - started, 2)
     manifest["trainable_parameters"] = dict(module.model.components())
-    started = time.perf_counter()
-    batches = module.datamodule.test_dataloader()
-    records = decode_batches(module.model, batches, index, config.decoding, tokenizer)
-    manifest["decode_ms_per_query"] = round(1000 * (time.perf_counter() - started) / max(len(records), 1), 2)
-    write_records(out / "records.jsonl", records)
-    write_records_run(out / "run.txt", records, tag=config.name)
-    ranked = {r.qid: r.ranked_ids for r in records}
-    evaluation = evaluate(ranked, relevance_for(config, ranked), ks=(1, 5, 10))
-    metrics = {"means": evaluation.means, "per_query": evaluation.per_query}
-    write_json(out / "metrics.json", metrics)
+    evaluation, records, ms = _decode_and_score(config, module.model, module.datamodule, index, tokenizer, out)
+    manifest["decode_ms_per_query"] = ms
     if logger is not None:
         from gemkr_lab.tracking.wandb_run import log_evaluation
 
@@ -113,6 +160,23 @@ def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict) -> 
             records,
         )
     return evaluation.means
+
+
+def _decode_and_score(config: ExperimentConfig, model, datamodule, index, tokenizer, out: Path):
+    """Decode the test split with `config.decoding`, write records, run and metrics into `out`."""
+    from gemkr_lab.decoding import write_records, write_records_run
+    from gemkr_lab.metrics import evaluate
+    from gemkr_lab.model.infer import decode_batches
+
+    started = time.perf_counter()
+    records = decode_batches(model, datamodule.test_dataloader(), index, config.decoding, tokenizer)
+    ms = round(1000 * (time.perf_counter() - started) / max(len(records), 1), 2)
+    write_records(out / "records.jsonl", records)
+    write_records_run(out / "run.txt", records, tag=config.name)
+    ranked = {r.qid: r.ranked_ids for r in records}
+    evaluation = evaluate(ranked, relevance_for(config, ranked), ks=(1, 5, 10))
+    write_json(out / "metrics.json", {"means": evaluation.means, "per_query": evaluation.per_query})
+    return evaluation, records, ms
 
 
 def _search_callbacks() -> list:
@@ -160,7 +224,7 @@ def relevance_for(config: ExperimentConfig, ranked: dict[str, list[str]]):
     return AnswerRelevance({r["qid"]: list(r["answers"]) for r in rows}, texts, layout.match)
 
 
-def _manifest(config: ExperimentConfig, seed: int, previous: dict | None) -> dict[str, Any]:
+def _manifest(config: ExperimentConfig, seed: int, stamp: dict, previous: dict | None) -> dict[str, Any]:
     from gemkr_lab.data.prepare import file_fingerprint
 
     prepared = Path(config.prepared)
@@ -183,6 +247,8 @@ def _manifest(config: ExperimentConfig, seed: int, previous: dict | None) -> dic
             "corpus_fingerprint": index_meta["corpus_fingerprint"],
             "tokenizer_fingerprint": index_meta["tokenizer_fingerprint"],
         },
+        "prepared": {"path": str(prepared), "fingerprint": stamp["fingerprint"]},
+        "fingerprint": run_fingerprint(config),
         "wandb_run_id": (previous or {}).get("wandb_run_id"),
     }
 
@@ -216,30 +282,66 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def evaluate_cell(config: ExperimentConfig, seed: int, root: str | Path) -> dict:
-    """Decode and score a trained run again with this config's decoding knobs (no retraining).
+DECODING_PREFIX = "decoding."
 
-    Results go to `<run>/eval/<decoding fingerprint>/` (records, run, metrics), next to the training's own.
+
+def find_run(target: str, seed: int, root: str | Path) -> Path:
+    """A trained run: a run directory given as such, or the one run of cell `target` and `seed` under `root`."""
+    path = Path(target)
+    if (path / "config.yaml").is_file():
+        return path
+    runs = sorted(p for p in seed_dir(root, target, seed).glob("*/config.yaml"))
+    if not runs:
+        raise FileNotFoundError(
+            f"{seed_dir(root, target, seed)}: no trained run of {target} seed {seed}; "
+            f"run gemkr-lab train {target} --seed {seed} --root {root}"
+        )
+    if len(runs) > 1:
+        listed = ", ".join(str(p.parent) for p in runs)
+        raise ConfigError(
+            f"{target} seed {seed} has {len(runs)} runs with different configs ({listed}); pass one run directory"
+        )
+    return runs[0].parent
+
+
+def evaluate_cell(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Decode and score a trained run again, exactly as it was trained, with other decoding knobs.
+
+    The model is rebuilt from the run's own `config.yaml` and checkpoint (which holds the trained parameters
+    and any frozen part that was randomly initialised), so unchanged decoding reproduces the run's metrics
+    exactly. Only `decoding.*` overrides are accepted. Results go to `<run>/eval/<decoding fingerprint>/`.
     """
-    import hashlib
-
+    import lightning as L
     import torch
 
-    from gemkr_lab.decoding import write_records, write_records_run
     from gemkr_lab.kb import open_index
-    from gemkr_lab.kb.tokenize import load_tokenizer
-    from gemkr_lab.metrics import evaluate
+    from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint
     from gemkr_lab.model.datamodule import GeMKRDataModule
-    from gemkr_lab.model.infer import decode_batches
     from gemkr_lab.model.module import GeMKRModule
 
-    src = run_dir(root, config.name, seed)
+    src = Path(run)
+    others = [o for o in overrides if not o.strip().startswith(DECODING_PREFIX)]
+    if others:
+        raise ConfigError(
+            f"evaluate changes decoding only; not accepted: {', '.join(others)} "
+            "(train a new run with them: gemkr-lab train EXPERIMENT KEY=VALUE ...)"
+        )
+    config = _run_config(src, overrides)
     ckpt = src / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
-        raise FileNotFoundError(f"{ckpt}: no trained checkpoint; run gemkr-lab train {config.name} --seed {seed}")
-    tokenizer = load_tokenizer(Path(config.tokenizer) if config.tokenizer else Path(config.data_root) / "tokenizer")
+        raise FileNotFoundError(f"{ckpt}: no trained checkpoint; train the run first")
+    stamp = check_prepared(config)
+    manifest = read_manifest(src) or {}
+    if manifest.get("prepared", {}).get("fingerprint") not in (None, stamp["fingerprint"]):
+        raise ConfigError(f"{config.prepared}: the prepared data changed since {src} was trained; prepare it again")
+    tokenizer = load_tokenizer(tokenizer_dir(config))
+    L.seed_everything(config.train.seed, workers=True, verbose=False)  # as training built it
     module = GeMKRModule(config.model, config.train, len(tokenizer))
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    expected = {f"model.{k}" for k in module.model.checkpoint_state_dict()}
+    missing = sorted(expected - set(state))
+    if missing:
+        raise ConfigError(f"{ckpt}: lacks {len(missing)} parameters of the model (e.g. {missing[0]}); retrain the run")
     module.load_state_dict(state, strict=False)
     data = GeMKRDataModule(
         config.prepared,
@@ -248,18 +350,28 @@ def evaluate_cell(config: ExperimentConfig, seed: int, root: str | Path) -> dict
         config.data,
         module.model.vision,
         config.train.batch_size,
-        seed=seed,
+        seed=config.train.seed,
     )
     data.setup()
-    index = open_index(Path(config.prepared) / "index")
-    key = hashlib.sha256(json.dumps(dataclasses.asdict(config.decoding), sort_keys=True).encode()).hexdigest()[:10]
+    index = open_index(Path(config.prepared) / "index", tokenizer_fingerprint=tokenizer_fingerprint(tokenizer))
+    decoding = dataclasses.asdict(config.decoding)
+    key = hashlib.sha256(json.dumps(decoding, sort_keys=True).encode()).hexdigest()[:10]
     out = src / "eval" / key
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "decoding.json", dataclasses.asdict(config.decoding))
-    records = decode_batches(module.model, data.test_dataloader(), index, config.decoding, tokenizer)
-    write_records(out / "records.jsonl", records)
-    write_records_run(out / "run.txt", records, tag=config.name)
-    ranked = {r.qid: r.ranked_ids for r in records}
-    evaluation = evaluate(ranked, relevance_for(config, ranked), ks=(1, 5, 10))
-    write_json(out / "metrics.json", {"means": evaluation.means, "per_query": evaluation.per_query})
+    write_json(out / "decoding.json", decoding)
+    evaluation, _, _ = _decode_and_score(config, module.model, data, index, tokenizer, out)
     return evaluation.means
+
+
+def _run_config(run: Path, overrides) -> ExperimentConfig:
+    """The run's resolved config with decoding overrides applied (checked like any other)."""
+    from gemkr_lab.config.checks import load_yaml
+
+    values = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    sources = {}
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        section, _, field = key.strip().partition(".")
+        values[section][field] = load_yaml(raw) if raw else None
+        sources[key.strip()] = f"override {item!r}"
+    return build(ExperimentConfig, values, where=str(run / "config.yaml"), sources=sources)

@@ -35,8 +35,9 @@ import yaml
 from optuna.trial import TrialState
 
 from gemkr_lab.config.experiment import ConfigError, load_experiment
-from gemkr_lab.run.cell import read_manifest, run_dir
+from gemkr_lab.run.cell import read_manifest, run_dir, with_seed
 from gemkr_lab.sweep import study as study_mod
+from gemkr_lab.sweep.variants import prepared_overrides
 
 PRUNED_EXIT = 3
 _ENV = ("GEMKR_OPTUNA_STORAGE", "GEMKR_OPTUNA_STUDY", "GEMKR_OPTUNA_TRIAL")
@@ -163,7 +164,8 @@ def run_search(
                 "GEMKR_OPTUNA_STUDY": sweep.name,
                 "GEMKR_OPTUNA_TRIAL": str(trial._trial_id),
             }
-            out = run_dir(sweep.root, name, sweep.seed)
+            overrides += prepared_overrides(load_experiment(sweep.base, overrides), sweep.root)
+            out = run_dir(sweep.root, with_seed(load_experiment(sweep.base, overrides), sweep.seed))
             with study_mod.Heartbeat(store, trial._trial_id):
                 code = launch(sweep.base, overrides, sweep.seed, sweep.root, out, groups[slot], env)
             manifest = read_manifest(out) or {}

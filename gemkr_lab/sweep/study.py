@@ -120,9 +120,8 @@ def _alive(pid: int) -> bool:
 
 def _retry(study: optuna.Study, attrs: dict, retries: int) -> None:
     if attrs.get("attempt", 1) <= retries:
-        study.enqueue_trial(
-            {}, user_attrs={"cell": attrs["cell"], "seed": attrs["seed"], "attempt": attrs.get("attempt", 1) + 1}
-        )
+        carried = {k: attrs[k] for k in ("cell", "seed", "run") if k in attrs}
+        study.enqueue_trial({}, user_attrs=carried | {"attempt": attrs.get("attempt", 1) + 1})
 
 
 def claim(study: optuna.Study, storage):

@@ -1,49 +1,113 @@
-"""One cell's run directory: evaluation with other decoding knobs, unprepared data, GPU groups."""
+"""One cell's run directory: identity by resolved config, exact re-evaluation, refused data, GPU groups."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from gemkr_lab.config.experiment import load_experiment
+from gemkr_lab.config.experiment import ConfigError, load_experiment
 from gemkr_lab.data.queries import DataError
-from gemkr_lab.run.cell import evaluate_cell, read_manifest, run_cell, run_dir
+from gemkr_lab.run.cell import evaluate_cell, find_run, read_manifest, run_cell, run_dir, seed_dir, with_seed
 from gemkr_lab.sweep.grid import _gpu_groups
 
-
-def _config(tiny_overrides, *extra):
-    return load_experiment("tiny-cpu/full", [*tiny_overrides, *extra])
+METRICS = ("P@5", "R@5", "R@10", "MRR@10")
 
 
-def test_evaluate_redecodes_a_trained_run_with_other_knobs(tmp_path, tiny_overrides):
-    trained = run_cell(_config(tiny_overrides), 0, tmp_path)
-    again = evaluate_cell(_config(tiny_overrides), 0, tmp_path)
-    assert again == pytest.approx(trained)  # same weights, same decoding: same scores
-    unique = evaluate_cell(_config(tiny_overrides, "decoding.clue_to_docs=unique"), 0, tmp_path)
-    evals = sorted((run_dir(tmp_path, "tiny-cpu/full", 0) / "eval").iterdir())
-    assert len(evals) == 2  # one folder per decoding configuration
-    decodings = [json.loads((e / "decoding.json").read_text())["clue_to_docs"] for e in evals]
-    assert sorted(decodings) == ["first", "unique"]
-    assert set(unique) == set(trained)
-    assert read_manifest(run_dir(tmp_path, "tiny-cpu/full", 0))["status"] == "complete"
-    assert run_cell(_config(tiny_overrides), 0, tmp_path) == trained  # complete runs are never redone
+def _config(tiny_overrides, *extra, preset="tiny-cpu/full"):
+    return load_experiment(preset, [*tiny_overrides, *extra])
 
 
-def test_evaluate_needs_a_trained_run(tmp_path, tiny_overrides):
-    with pytest.raises(FileNotFoundError, match="no trained checkpoint"):
-        evaluate_cell(_config(tiny_overrides), 3, tmp_path)
+@pytest.mark.slow
+def test_evaluate_reproduces_the_runs_own_metrics_exactly(tmp_path, tiny_overrides):
+    config = _config(tiny_overrides, "train.max_steps=60", "decoding.num_groups=4")
+    assert config.model.use_image and config.model.vision_weights is None  # a random frozen tower, as the demo
+    trained = run_cell(config, 0, tmp_path)
+    assert trained["R@5"] > 0  # not a tie of zeros
+    run = run_dir(tmp_path, with_seed(config, 0))
+    again = evaluate_cell(run)
+    for m in METRICS:
+        assert again[m] == trained[m], m  # exactly: same weights, same frozen random parts, same decoding
+    records = [json.loads(x) for x in (run / "records.jsonl").read_text().splitlines()]
+    (evaluated,) = (run / "eval").iterdir()
+    redone = [json.loads(x) for x in (evaluated / "records.jsonl").read_text().splitlines()]
+    assert [r["clues"] for r in redone] == [r["clues"] for r in records]  # tokens, scores, counts, documents
+    assert [r["ranked_ids"] for r in redone] == [r["ranked_ids"] for r in records]
+    unique = evaluate_cell(run, ["decoding.clue_to_docs=unique"])
+    assert len(list((run / "eval").iterdir())) == 2  # one folder per decoding configuration
+    assert unique["R@5"] <= trained["R@5"] + 1e-9  # dropping ambiguous clues cannot find more
+    assert run_cell(config, 0, tmp_path) == trained  # complete runs are never redone
+
+
+def test_evaluate_refuses_overrides_outside_decoding(tmp_path, tiny_overrides):
+    config = _config(tiny_overrides)
+    run_cell(config, 0, tmp_path)
+    run = find_run("tiny-cpu/full", 0, tmp_path)
+    for bad in ("model.use_gate=false", "train.lr=0.1", "data.append_caption=false"):
+        with pytest.raises(ConfigError, match=f"not accepted: {bad}"):
+            evaluate_cell(run, [bad])
+    with pytest.raises(ConfigError, match="decoding.num_groups = 0"):
+        evaluate_cell(run, ["decoding.num_groups=0"])
+    assert not (run / "eval").exists()
+
+
+def test_a_changed_config_is_a_new_run_never_the_old_metrics(tmp_path, tiny_overrides):
+    first = run_cell(_config(tiny_overrides), 0, tmp_path)
+    changed = _config(tiny_overrides, "train.max_steps=8", "model.use_gate=false")
+    second = run_cell(changed, 0, tmp_path)
+    runs = sorted(seed_dir(tmp_path, "tiny-cpu/full", 0).iterdir())
+    assert len(runs) == 2  # same cell and seed, two resolved configs
+    assert {read_manifest(r)["attempts"] for r in runs} == {1}
+    assert run_dir(tmp_path, with_seed(changed, 0)) != run_dir(tmp_path, with_seed(_config(tiny_overrides), 0))
+    new = json.loads((run_dir(tmp_path, with_seed(changed, 0)) / "metrics.json").read_text())
+    assert new["means"] == second
+    assert first != second  # new metrics, from the new training (4 vs 8 steps, without gate)
+    with pytest.raises(ConfigError, match="has 2 runs with different configs"):
+        find_run("tiny-cpu/full", 0, tmp_path)
+    # cosmetic fields do not change a run's identity
+    tagged = _config(tiny_overrides, "tracking.tags=[x]", "tracking.project=other")
+    assert run_dir(tmp_path, with_seed(tagged, 0)) == run_dir(tmp_path, with_seed(_config(tiny_overrides), 0))
+
+
+def test_evaluate_needs_a_trained_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no trained run of tiny-cpu/full seed 3"):
+        find_run("tiny-cpu/full", 3, tmp_path)
 
 
 def test_unprepared_data_is_refused_before_work(tmp_path):
     config = load_experiment("tiny-cpu/full", [f"prepared={tmp_path / 'nothing'}"])
-    with pytest.raises(DataError, match="not prepared; run gemkr-lab prepare synthetic"):
+    with pytest.raises(DataError, match="not prepared for tiny-cpu/full; run: gemkr-lab prepare --experiment"):
+        run_cell(config, 0, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_data_prepared_with_other_settings_is_refused_naming_them(tmp_path, tiny_overrides):
+    config = load_experiment("tiny-cpu/clue-length-5", tiny_overrides)  # the shared world was prepared with 9
+    with pytest.raises(DataError, match=r"data.clue_max_tokens: prepared 9, tiny-cpu/clue-length-5 wants 5") as err:
+        run_cell(config, 0, tmp_path / "runs", tiny_overrides)
+    assert "gemkr-lab prepare --experiment tiny-cpu/clue-length-5 --set data_root=" in str(err.value)
+    assert not (tmp_path / "runs").exists()
+    detector = load_experiment("tiny-cpu/full", [*tiny_overrides, "data.detector=none"])
+    with pytest.raises(DataError, match=r"data.detector: prepared 'ground_truth', tiny-cpu/full wants 'none'"):
+        run_cell(detector, 0, tmp_path / "runs")
+
+
+def test_another_tokenizer_than_the_prepared_one_is_refused(tmp_path, tiny_overrides, tiny_world):
+    import shutil
+
+    world, _ = tiny_world
+    other = tmp_path / "tok"
+    shutil.copytree(Path(world) / "tokenizer", other)
+    vocab = json.loads((other / "tokenizer.json").read_text())
+    vocab["model"]["vocab"]["zzzz-new-token"] = max(vocab["model"]["vocab"].values()) + 1
+    (other / "tokenizer.json").write_text(json.dumps(vocab))
+    config = _config(tiny_overrides, f"tokenizer={other}")
+    with pytest.raises(DataError, match="another tokenizer than the one .* was prepared with"):
         run_cell(config, 0, tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
 
 
 def test_gpu_groups_pin_each_worker(monkeypatch):
     import torch
-
-    from gemkr_lab.config.experiment import ConfigError
 
     assert _gpu_groups(3, 0) == [None, None, None]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)

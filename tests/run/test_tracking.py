@@ -3,7 +3,7 @@
 import json
 
 from gemkr_lab.config.experiment import load_experiment
-from gemkr_lab.run.cell import read_manifest, run_cell, run_dir
+from gemkr_lab.run.cell import read_manifest, run_cell, run_dir, with_seed
 from gemkr_lab.tracking.offline import read_offline_run
 
 
@@ -23,7 +23,7 @@ def test_offline_wandb_run_is_read_back(tmp_path, tiny_world, monkeypatch):
         ],
     )
     means = run_cell(config, 0, tmp_path)
-    out = run_dir(tmp_path, "tiny-cpu/full", 0)
+    out = run_dir(tmp_path, with_seed(config, 0))
     run_id = read_manifest(out)["wandb_run_id"]
     (offline,) = (out / "wandb").glob(f"offline-run-*-{run_id}")
     run = read_offline_run(offline)
