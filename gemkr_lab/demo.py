@@ -28,4 +28,5 @@ def run_demo(workers: int = 2) -> None:
         print(f"      failed runs: {result['failed']} (see their log.txt)")
     table = write_report(sweep, ROOT / "reports" / "demo")
     print("[4/4] report -> reports/demo/")
-    print(table.to_markdown(index=False))
+    print(table.to_markdown(index=False, disable_numparse=True))
+    print("\n".join(f"- {line}" for line in table.attrs.get("notes", ())))

@@ -1,10 +1,13 @@
 """Ablation tables from run directories.
 
-Mean ± std over seeds, the delta to the reference row, paired significance over queries, the paper's numbers
-with a reproduction status, and cost columns. Works on a sweep still running: missing seeds show as `n/N`
-and are left out of the means.
+Mean ± sample std over the complete seeds with a Student-t 95% interval, the delta to the reference row, two
+paired tests against it (over queries, and over seeds when ≥ 3 are common) with Holm–Bonferroni adjusted p
+beside the raw ones, the paper's numbers with a reproduction status, and cost columns. Every output file says
+what its numbers are. Works on a sweep still running: missing seeds show as `n/N` and are left out of the
+means. The statistics themselves live in `gemkr_lab.report.stats`.
 """
 
+import html
 import json
 from pathlib import Path
 
@@ -12,6 +15,16 @@ import numpy as np
 import pandas as pd
 
 from gemkr_lab.kb.storage import write_json, write_text
+from gemkr_lab.report.stats import (
+    MIN_SEEDS_FOR_SEED_TEST,
+    RANDOMIZATION_DRAWS,
+    holm,
+    paired_randomization,
+    sample_std,
+    seed_paired_t,
+    t_half_width,
+    t_interval,
+)
 from gemkr_lab.run.cell import read_manifest, run_dir
 from gemkr_lab.sweep.grid import GridSweep
 
@@ -39,16 +52,6 @@ def collect(sweep: GridSweep) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_randomization(a: np.ndarray, b: np.ndarray, n: int = 10_000, seed: int = 0) -> float:
-    """Two-sided p-value that the mean of paired per-query scores differs (sign-flip permutation test)."""
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if diff.size == 0 or np.allclose(diff, 0):
-        return 1.0
-    observed = abs(diff.mean())
-    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n, diff.size))
-    return float((np.sum(np.abs((signs * diff).mean(axis=1)) >= observed - 1e-12) + 1) / (n + 1))
-
-
 def _per_query(frame: pd.DataFrame, cell: str, metric: str) -> pd.Series:
     """A cell's per-query values averaged over its complete seeds."""
     runs = frame[(frame.cell == cell) & (frame.status == "complete")]
@@ -56,53 +59,185 @@ def _per_query(frame: pd.DataFrame, cell: str, metric: str) -> pd.Series:
     return pd.concat(series, axis=1).mean(axis=1) if series else pd.Series(dtype=float)
 
 
-def summarize(sweep: GridSweep, frame: pd.DataFrame, significance_metric: str = "R@5") -> pd.DataFrame:
-    """The ablation table, one row per cell."""
+COSTS = ("train s", "GPU h", "decode ms/q")
+
+
+def _per_seed(frame: pd.DataFrame, cell: str, metric: str) -> dict[int, float]:
+    """A cell's metric (in %) per complete seed; the seed-level test pairs these by seed."""
+    runs = frame[(frame.cell == cell) & (frame.status == "complete")]
+    if metric not in runs:
+        return {}
+    runs = runs[runs[metric].notna()]
+    return dict(zip(runs.seed.astype(int), runs[metric].astype(float), strict=True))
+
+
+def p_columns(metric: str, ref: str) -> dict[str, str]:
+    """Names of the p columns: query-level and seed-level tests, each raw and Holm-adjusted."""
+    return {
+        "query": f"p query-level ({metric} vs {ref})",
+        "query holm": f"p query-level Holm ({metric} vs {ref})",
+        "seed": f"p seed-level t ({metric} vs {ref})",
+        "seed holm": f"p seed-level t Holm ({metric} vs {ref})",
+    }
+
+
+def _reproduction(ours: float, paper: float) -> str:
+    gap = abs(ours - paper)
+    return "OK" if gap <= TOLERANCE["ok"] else "OK-ish" if gap <= TOLERANCE["ok-ish"] else "FAIL"
+
+
+def statistics(sweep: GridSweep, frame: pd.DataFrame, significance_metric: str = "R@5") -> pd.DataFrame:
+    """The ablation table in numbers, one row per cell (written as table.csv).
+
+    Columns: `n seeds` (complete, used) and `N seeds` (planned); per metric (in %) `<m> mean`,
+    `<m> sample std` (ddof 1), `<m> ci95 low (t)` and `<m> ci95 high (t)` (Student t, n − 1 df), `Δ<m>` (mean
+    minus the reference's), `paper <m>` and `paper <m> status`; the p columns of `p_columns` (raw, and Holm
+    adjusted across the ablation rows of this table); costs.
+    """
     ref = sweep.reference or sweep.cells[0]
+    done = frame[frame.status == "complete"]
+    ref_runs = done[done.cell == ref]
+    cols = p_columns(significance_metric, ref)
     rows = []
     for cell in sweep.cells:
-        runs = frame[(frame.cell == cell) & (frame.status == "complete")]
-        row = {"cell": cell, "seeds": f"{len(runs)}/{len(sweep.seeds)}"}
+        runs = done[done.cell == cell]
+        row = {"cell": cell, "n seeds": len(runs), "N seeds": len(sweep.seeds)}
         for m in METRICS:
-            if m in runs and runs[m].notna().any():
-                row[m] = f"{runs[m].mean():.1f} ± {runs[m].std(ddof=1) if len(runs) > 1 else 0.0:.1f}"
-                ref_runs = frame[(frame.cell == ref) & (frame.status == "complete")]
-                if cell != ref and m in ref_runs and len(ref_runs):
-                    row[f"Δ{m}"] = f"{runs[m].mean() - ref_runs[m].mean():+.1f}"
+            values = runs[m].dropna().to_numpy(dtype=float) if m in runs else np.empty(0)
+            if values.size:
+                low, high = t_interval(values)
+                row |= {
+                    f"{m} mean": float(values.mean()),
+                    f"{m} sample std": sample_std(values),
+                    f"{m} ci95 low (t)": low,
+                    f"{m} ci95 high (t)": high,
+                }
+                ref_values = ref_runs[m].dropna() if m in ref_runs else pd.Series(dtype=float)
+                if cell != ref and len(ref_values):
+                    row[f"Δ{m}"] = float(values.mean() - ref_values.mean())
             paper = sweep.paper.get(cell, {}).get(m)
-            if paper is not None and m in runs and len(runs):
-                gap = abs(runs[m].mean() - paper)
-                status = "OK" if gap <= TOLERANCE["ok"] else "OK-ish" if gap <= TOLERANCE["ok-ish"] else "FAIL"
-                row[f"paper {m}"] = f"{paper:.1f} ({status})"
+            if paper is not None:
+                row[f"paper {m}"] = float(paper)
+                if values.size:
+                    row[f"paper {m} status"] = _reproduction(float(values.mean()), paper)
         if cell != ref and len(runs):
             a, b = _per_query(frame, cell, significance_metric), _per_query(frame, ref, significance_metric)
             common = a.index.intersection(b.index)
             if len(common):
-                row[f"p ({significance_metric} vs {ref})"] = f"{paired_randomization(a[common], b[common]):.4f}"
+                row[cols["query"]] = paired_randomization(a[common], b[common])
+            p_seed = seed_paired_t(
+                _per_seed(frame, cell, significance_metric), _per_seed(frame, ref, significance_metric)
+            )
+            if p_seed is not None:
+                row[cols["seed"]] = p_seed
         if len(runs):
-            row["train s"] = f"{runs.train_s.mean():.0f}"
-            row["GPU h"] = f"{runs.gpu_hours.sum():.2f}"
-            row["decode ms/q"] = f"{runs.decode_ms_per_query.mean():.1f}"
+            row["train s"] = runs.train_s.mean()
+            row["GPU h"] = runs.gpu_hours.sum()
+            row["decode ms/q"] = runs.decode_ms_per_query.mean()
         rows.append(row)
-    table = pd.DataFrame(rows).fillna("")
-    order = ["cell", "seeds"]
+    table = pd.DataFrame(rows)
+    for raw, adjusted in (("query", "query holm"), ("seed", "seed holm")):
+        if cols[raw] in table:
+            table[cols[adjusted]] = holm(table[cols[raw]].to_numpy(dtype=float))
+    order = ["cell", "n seeds", "N seeds"]
     for m in METRICS:
-        order += [c for c in (m, f"Δ{m}", f"paper {m}") if c in table]
-    order += [c for c in table if c.startswith("p (")] + [c for c in ("train s", "GPU h", "decode ms/q") if c in table]
+        per_metric = ("mean", "sample std", "ci95 low (t)", "ci95 high (t)")
+        order += [
+            c for c in [f"{m} {k}" for k in per_metric] + [f"Δ{m}", f"paper {m}", f"paper {m} status"] if c in table
+        ]
+    order += [c for c in cols.values() if c in table] + [c for c in COSTS if c in table]
     return table[order]
 
 
+def notes(sweep: GridSweep, significance_metric: str = "R@5", metrics: tuple[str, ...] = METRICS) -> list[str]:
+    """What the shown table's numbers are; written under it in every output file."""
+    ref, m = sweep.reference or sweep.cells[0], significance_metric
+    return [
+        f"{', '.join(metrics)} in %: mean ± sample std (n seeds): the standard deviation with ddof = 1 over the "
+        "n complete seeds of N planned (column seeds = n/N; 'n/a' with one seed); seeds still missing are left out.",
+        "95% CI (t): Student-t 95% confidence interval of the mean over seeds, "
+        "mean ± t(0.975, n − 1) · s / √n (none with one seed).",
+        f"Δ: difference of means to the reference row {ref}.",
+        f"p query-level: two-sided paired sign-flip randomization test ({RANDOMIZATION_DRAWS:,} draws) on per-query "
+        f"{m}, each query averaged over the complete seeds; it does not see seed-to-seed variance.",
+        f"p seed-level t: two-sided paired t-test over per-seed {m} means, pairing runs by seed "
+        f"(only with ≥ {MIN_SEEDS_FOR_SEED_TEST} seeds complete in both rows).",
+        "Holm: Holm–Bonferroni adjusted p across the ablation rows of this table tested against the reference "
+        "(raw p beside it).",
+        f"paper: the published number; |ours − paper| ≤ {TOLERANCE['ok']:g} point OK, "
+        f"≤ {TOLERANCE['ok-ish']:g} OK-ish, else FAIL.",
+    ]
+
+
+def _num(x, spec: str) -> str:
+    return "" if x is None or pd.isna(x) else format(x, spec)
+
+
+def _shown(sweep: GridSweep, numbers: pd.DataFrame, significance_metric: str = "R@5") -> pd.DataFrame:
+    """The table as shown (Markdown, LaTeX, HTML, console) from `statistics`; notes in `attrs['notes']`."""
+    shown = pd.DataFrame({"cell": numbers["cell"]})
+    shown["seeds"] = [f"{n}/{total}" for n, total in zip(numbers["n seeds"], numbers["N seeds"], strict=True)]
+    col = lambda name: numbers[name] if name in numbers else pd.Series([np.nan] * len(numbers))  # noqa: E731
+    for m in METRICS:
+        if f"{m} mean" in numbers:
+            shown[m] = [
+                "" if pd.isna(mu) else f"{mu:.1f} ± {'n/a' if pd.isna(s) else f'{s:.1f}'}"
+                for mu, s in zip(numbers[f"{m} mean"], numbers[f"{m} sample std"], strict=True)
+            ]
+            shown[f"{m} 95% CI (t)"] = [
+                "" if pd.isna(lo) else f"[{lo:.1f}, {hi:.1f}]"
+                for lo, hi in zip(numbers[f"{m} ci95 low (t)"], numbers[f"{m} ci95 high (t)"], strict=True)
+            ]
+        if f"Δ{m}" in numbers:
+            shown[f"Δ{m}"] = [_num(x, "+.1f") for x in numbers[f"Δ{m}"]]
+        if f"paper {m}" in numbers:
+            shown[f"paper {m}"] = [
+                "" if pd.isna(p) else f"{p:.1f}" if pd.isna(st) else f"{p:.1f} ({st})"
+                for p, st in zip(numbers[f"paper {m}"], col(f"paper {m} status"), strict=True)
+            ]
+    for name in p_columns(significance_metric, sweep.reference or sweep.cells[0]).values():
+        if name in numbers:
+            shown[name] = [_num(x, ".4f") for x in numbers[name]]
+    for name, spec in zip(COSTS, (".0f", ".2f", ".1f"), strict=True):
+        if name in numbers:
+            shown[name] = [_num(x, spec) for x in numbers[name]]
+    shown.attrs["notes"] = notes(sweep, significance_metric, tuple(m for m in METRICS if m in shown) or METRICS)
+    return shown
+
+
+def summarize(sweep: GridSweep, frame: pd.DataFrame, significance_metric: str = "R@5") -> pd.DataFrame:
+    """The ablation table as shown, one row per cell; what its numbers are is in `table.attrs['notes']`."""
+    return _shown(sweep, statistics(sweep, frame, significance_metric), significance_metric)
+
+
+def _latex_escape(text: str) -> str:
+    return "".join({"%": r"\%", "&": r"\&", "#": r"\#", "_": r"\_", "$": r"\$"}.get(c, c) for c in text)
+
+
 def write_report(sweep: GridSweep, out: str | Path) -> pd.DataFrame:
-    """Write the table as Markdown, LaTeX, HTML and CSV (atomically), a bar plot, and raw results."""
+    """Write the ablation table, atomically, its bar plot and the raw results.
+
+    Markdown, LaTeX and HTML carry the shown table with its notes (what ±, the interval and each p are); the CSV
+    carries the numbers in explicit columns (mean, sample std, t interval, n seeds, raw and Holm-adjusted p).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     frame = collect(sweep)
-    table = summarize(sweep, frame)
+    numbers = statistics(sweep, frame)
+    table = _shown(sweep, numbers)
+    lines = table.attrs["notes"]
     writers = {
-        "table.md": lambda: table.to_markdown(index=False),
-        "table.tex": lambda: table.to_latex(index=False),
-        "table.html": lambda: table.to_html(index=False),
-        "table.csv": lambda: table.to_csv(index=False),
+        "table.md": lambda: (
+            table.to_markdown(index=False, disable_numparse=True) + "\n\n" + "\n".join(f"- {x}" for x in lines) + "\n"
+        ),
+        "table.tex": lambda: table.to_latex(index=False, escape=True, caption=_latex_escape(" ".join(lines))),
+        "table.html": lambda: (
+            table.to_html(index=False)
+            + '\n<ul class="notes">\n'
+            + "".join(f"<li>{html.escape(x)}</li>\n" for x in lines)
+            + "</ul>\n"
+        ),
+        "table.csv": lambda: numbers.to_csv(index=False),
     }
     for name, render in writers.items():
         write_text(out / name, render())
@@ -112,38 +247,50 @@ def write_report(sweep: GridSweep, out: str | Path) -> pd.DataFrame:
     return table
 
 
-def _ci95(values: np.ndarray) -> float:
-    """Half-width of the 95% confidence interval of a mean over seeds (Student t: few seeds)."""
-    from scipy import stats
+def plot_data(sweep: GridSweep, frame: pd.DataFrame, metric: str = "R@5") -> pd.DataFrame:
+    """Per cell: n complete seeds, mean and the Student-t 95% half-width drawn as its error bar (0 for n < 2)."""
+    done = frame[frame.status == "complete"]
+    rows = []
+    for cell in sweep.cells:
+        values = done[done.cell == cell][metric].dropna().to_numpy(dtype=float) if metric in done else np.empty(0)
+        half = t_half_width(values)
+        rows.append(
+            {
+                "cell": cell,
+                "n": values.size,
+                "mean": float(values.mean()) if values.size else np.nan,
+                "ci95 half (t)": 0.0 if np.isnan(half) else half,
+            }
+        )
+    return pd.DataFrame(rows)
 
-    n = len(values)
-    if n < 2:
-        return 0.0
-    return float(stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n))
 
-
-def _plot(sweep: GridSweep, frame: pd.DataFrame, path: Path, metric: str = "R@5") -> None:
+def _figure(sweep: GridSweep, frame: pd.DataFrame, metric: str = "R@5"):
+    """The bar plot of `plot_data` (None when nothing is complete)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = frame[frame.status == "complete"]
-    if done.empty or metric not in done:
-        return
-    means = [done[done.cell == c][metric].mean() for c in sweep.cells]
-    errs = [
-        1.96 * done[done.cell == c][metric].std(ddof=1) / np.sqrt(max((done.cell == c).sum(), 1))
-        if (done.cell == c).sum() > 1
-        else 0.0
-        for c in sweep.cells
-    ]
-    fig, ax = plt.subplots(figsize=(1.4 * len(sweep.cells) + 2, 3.2))
-    ax.bar(range(len(means)), means, yerr=errs, capsize=4, color="#4c72b0")
-    ax.set_xticks(range(len(means)), [c.split("/")[-1] for c in sweep.cells], rotation=20, ha="right")
+    data = plot_data(sweep, frame, metric)
+    if not data.n.any():
+        return None
+    fig, ax = plt.subplots(figsize=(1.4 * len(sweep.cells) + 2, 3.4))
+    ax.bar(range(len(data)), data["mean"], yerr=data["ci95 half (t)"], capsize=4, color="#4c72b0")
+    labels = [f"{c.split('/')[-1]}\n(n={n})" for c, n in zip(data.cell, data.n, strict=True)]
+    ax.set_xticks(range(len(data)), labels, rotation=20, ha="right")
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(f"{sweep.name}: mean over seeds, 95% CI (t)")
+    ax.set_title(f"{sweep.name}: mean over n seeds, Student-t 95% CI\n(t(0.975, n−1)·s/√n; no error bar for n = 1)")
     fig.tight_layout()
+    return fig
+
+
+def _plot(sweep: GridSweep, frame: pd.DataFrame, path: Path, metric: str = "R@5") -> None:
+    import matplotlib.pyplot as plt
+
+    fig = _figure(sweep, frame, metric)
+    if fig is None:
+        return
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
     plt.close(fig)

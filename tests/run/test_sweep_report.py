@@ -57,7 +57,7 @@ def test_grid_runs_each_cell_once_and_reports(tmp_path, tiny_world):
     assert manifest["packages"]["torch"] and manifest["decode_ms_per_query"] > 0
     table = write_report(sweep, tmp_path / "report")
     assert list(table.cell) == ["tiny-cpu/full", "tiny-cpu/text-only"]
-    assert table.loc[1, "seeds"] == "2/2" and table.loc[1, "p (R@5 vs tiny-cpu/full)"] != ""
+    assert table.loc[1, "seeds"] == "2/2" and table.loc[1, "p query-level (R@5 vs tiny-cpu/full)"] != ""
     for name in ("table.md", "table.tex", "table.html", "table.csv", "runs.json", "ablation_r5.png"):
         assert (tmp_path / "report" / name).stat().st_size > 0
 
