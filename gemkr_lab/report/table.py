@@ -25,24 +25,27 @@ from gemkr_lab.report.stats import (
     t_half_width,
     t_interval,
 )
-from gemkr_lab.run.cell import read_manifest, run_dir
-from gemkr_lab.sweep.grid import GridSweep
+from gemkr_lab.run.cell import read_manifest
+from gemkr_lab.sweep.grid import GridSweep, current_run
 
 METRICS = ("P@5", "R@5", "R@10", "MRR@10")
 TOLERANCE = {"ok": 1.0, "ok-ish": 3.0}  # points: |ours - paper| within these -> OK / OK-ish, else FAIL
 
 
 def collect(sweep: GridSweep) -> pd.DataFrame:
-    """One row per (cell, seed) with its status, mean metrics (in %), costs and per-query values."""
+    """One row per (cell, seed) with its status, mean metrics (in %), costs and per-query values.
+
+    Only the run of the sweep's current config counts (`current_run`): runs of a cell made with other
+    overrides, presets or prepared data stay on disk but are never reported as this cell.
+    """
     rows = []
     for cell in sweep.cells:
         for seed in sweep.seeds:
-            out = run_dir(sweep.root, cell, seed)
-            manifest = read_manifest(out) or {}
+            out = current_run(sweep, cell, seed)
+            manifest = (read_manifest(out) if out is not None else None) or {}
             row = {"cell": cell, "seed": seed, "status": manifest.get("status", "pending")}
-            metrics_file = out / "metrics.json"
-            if row["status"] == "complete" and metrics_file.is_file():
-                metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+            if row["status"] == "complete" and (out / "metrics.json").is_file():
+                metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
                 row |= {m: 100 * metrics["means"][m] for m in METRICS if m in metrics["means"]}
                 row["per_query"] = metrics["per_query"]
                 row["train_s"] = manifest.get("train_seconds")

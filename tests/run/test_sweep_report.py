@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from gemkr_lab.report.table import paired_randomization, write_report
-from gemkr_lab.run.cell import read_manifest, run_dir
-from gemkr_lab.sweep.grid import load_sweep, pending, run_sweep
+from gemkr_lab.run.cell import read_manifest
+from gemkr_lab.sweep.grid import current_run, load_sweep, pending, run_sweep
 
 
 def _sweep_file(tmp_path, tiny_world, cells=("tiny-cpu/full", "tiny-cpu/text-only"), seeds=(0,), steps=4):
@@ -40,7 +40,7 @@ def _sweep_file(tmp_path, tiny_world, cells=("tiny-cpu/full", "tiny-cpu/text-onl
 
 
 def _attempts(sweep):
-    return {(c, s): read_manifest(run_dir(sweep.root, c, s))["attempts"] for c in sweep.cells for s in sweep.seeds}
+    return {(c, s): read_manifest(current_run(sweep, c, s))["attempts"] for c in sweep.cells for s in sweep.seeds}
 
 
 @pytest.mark.slow
@@ -52,7 +52,7 @@ def test_grid_runs_each_cell_once_and_reports(tmp_path, tiny_world):
     again = run_sweep(sweep, workers=2, progress=False)
     assert again["ran"] == 0  # idempotent
     assert set(_attempts(sweep).values()) == {1}
-    manifest = read_manifest(run_dir(sweep.root, "tiny-cpu/full", 0))
+    manifest = read_manifest(current_run(sweep, "tiny-cpu/full", 0))
     assert manifest["git"]["commit"] and manifest["index"]["corpus_fingerprint"].startswith("sha256:")
     assert manifest["packages"]["torch"] and manifest["decode_ms_per_query"] > 0
     table = write_report(sweep, tmp_path / "report")
@@ -81,13 +81,13 @@ def test_a_killed_sweep_resumes_keeping_completed_runs(tmp_path, tiny_world):
     sweep = load_sweep(path)
     cmd = [sys.executable, "-m", "gemkr_lab.cli", "sweep", str(path), "--workers", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    second = run_dir(sweep.root, "tiny-cpu/text-only", 0)
+    second = current_run(sweep, "tiny-cpu/text-only", 0)
     deadline = time.time() + 300
     while time.time() < deadline and not (second / "manifest.json").is_file():
         time.sleep(0.2)  # the first cell completed, the second is training
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker process, mid-trial
     proc.wait()
-    assert read_manifest(run_dir(sweep.root, "tiny-cpu/full", 0))["status"] == "complete"
+    assert read_manifest(current_run(sweep, "tiny-cpu/full", 0))["status"] == "complete"
     assert read_manifest(second)["status"] == "running"
     result = run_sweep(sweep, workers=1, progress=False)
     assert result["ran"] == 1 and result["complete"] == 1
