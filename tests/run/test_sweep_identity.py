@@ -1,0 +1,113 @@
+"""A sweep's results belong to its current configs: changed cells rerun, data variants are prepared once."""
+
+import json
+
+import pytest
+import yaml
+
+from gemkr_lab.config.experiment import ConfigError
+from gemkr_lab.data.prepare import read_stamp
+from gemkr_lab.report.table import collect, write_report
+from gemkr_lab.run.cell import read_manifest, seed_dir
+from gemkr_lab.sweep.grid import cell_run, current_run, load_sweep, pending, run_sweep
+
+
+def _write(tmp_path, tiny_world, cells, overrides=(), seeds=(0,), name="s.yaml"):
+    world, prepared = tiny_world
+    spec = {
+        "name": "ident",
+        "root": str(tmp_path / "runs"),
+        "cells": list(cells),
+        "seeds": list(seeds),
+        "reference": cells[0],
+        "overrides": [
+            f"data_root={world}",
+            f"prepared={prepared}",
+            "train.max_steps=4",
+            "limit_train=16",
+            "train.batch_size=8",
+            "decoding.num_groups=2",
+            "tracking.wandb=false",
+            *overrides,
+        ],
+    }
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.slow
+def test_a_changed_cell_reruns_and_the_report_shows_only_the_current_run(tmp_path, tiny_world):
+    path = _write(tmp_path, tiny_world, ["tiny-cpu/full"])
+    sweep = load_sweep(path)
+    assert run_sweep(sweep, progress=False)["complete"] == 1
+    old = current_run(sweep, "tiny-cpu/full", 0)
+    old_metrics = json.loads((old / "metrics.json").read_text())["means"]
+
+    changed = load_sweep(_write(tmp_path, tiny_world, ["tiny-cpu/full"], ["train.max_steps=12", "model.use_gate=false"]))
+    assert pending(changed) == [("tiny-cpu/full", 0)]  # the old run is not this config's result
+    with pytest.raises(ConfigError, match="--new-study"):
+        run_sweep(changed, progress=False)
+    result = run_sweep(changed, new_study=True, progress=False)
+    assert result["ran"] == 1 and result["complete"] == 1
+    new = current_run(changed, "tiny-cpu/full", 0)
+    assert new != old and len(list(seed_dir(changed.root, "tiny-cpu/full", 0).iterdir())) == 2
+    new_metrics = json.loads((new / "metrics.json").read_text())["means"]
+    assert new_metrics != old_metrics
+    assert read_manifest(new)["attempts"] == 1  # trained afresh, not resumed from the other config
+
+    frame = collect(changed)
+    assert len(frame) == 1 and frame.loc[0, "R@5"] == pytest.approx(100 * new_metrics["R@5"])
+    table = write_report(changed, tmp_path / "report")
+    assert table.loc[0, "seeds"] == "1/1"
+    # the first sweep file still reports its own run
+    assert collect(sweep).loc[0, "R@5"] == pytest.approx(100 * old_metrics["R@5"])
+
+
+@pytest.mark.slow
+def test_clue_length_5_trains_on_5_token_targets_and_decodes_5(tmp_path, tiny_world):
+    path = _write(tmp_path, tiny_world, ["tiny-cpu/full", "tiny-cpu/clue-length-5"])
+    sweep = load_sweep(path)
+    result = run_sweep(sweep, progress=False)
+    assert result["complete"] == 2 and not result["failed"]
+    config, overrides = cell_run(sweep, "tiny-cpu/clue-length-5", 0)
+    full, _ = cell_run(sweep, "tiny-cpu/full", 0)
+    assert config.prepared != full.prepared  # its own prepared variant, made by the sweep
+    assert overrides[-1] == f"prepared={config.prepared}"
+    assert read_stamp(config.prepared)["settings"]["clue_max_tokens"] == 5
+    run = current_run(sweep, "tiny-cpu/clue-length-5", 0)
+    assert read_manifest(run)["prepared"]["path"] == config.prepared
+    used = yaml.safe_load((run / "config.yaml").read_text())
+    assert used["data"]["clue_max_tokens"] == 5 and used["decoding"]["max_clue_tokens"] == 5
+    rows = [json.loads(x) for x in open(f"{config.prepared}/instructions_train.jsonl")]
+    lengths = [len(r["clue_tokens"]) for r in rows]
+    assert lengths and max(lengths) == 5  # the targets it trained on
+    full_rows = [json.loads(x) for x in open(f"{full.prepared}/instructions_train.jsonl")]
+    assert max(len(r["clue_tokens"]) for r in full_rows) > 5  # the default targets are longer
+    records = [json.loads(x) for x in (run / "records.jsonl").read_text().splitlines()]
+    assert max(len(c["tokens"]) for r in records for c in r["clues"]) <= 5  # and what it decoded
+
+
+def test_sweep_files_with_duplicates_are_refused_with_their_line(tmp_path, tiny_world):
+    path = tmp_path / "d.yaml"
+    path.write_text("name: d\ncells:\n  - tiny-cpu/full\n  - tiny-cpu/text-only\n  - tiny-cpu/full\nseeds: [0, 1]\n")
+    with pytest.raises(ConfigError, match=r"d.yaml:5: cell 'tiny-cpu/full' is listed twice \(first on line 3\)"):
+        load_sweep(path)
+    path.write_text("name: d\ncells: [tiny-cpu/full]\nseeds:\n  - 0\n  - 1\n  - 0\n")
+    with pytest.raises(ConfigError, match=r"d.yaml:6: seed 0 is listed twice"):
+        load_sweep(path)
+    path.write_text("name: d\ncells: [tiny-cpu/full]\nseeds: [zero]\n")
+    with pytest.raises(ConfigError, match=r"d.yaml:3: seed 'zero' is not an integer"):
+        load_sweep(path)
+    path.write_text("name: d\ncells: tiny-cpu/full\nseeds: [0]\n")
+    with pytest.raises(ConfigError, match=r"d.yaml:2: cells must be a list"):
+        load_sweep(path)
+    path.write_text("name: d\ncells: [tiny-cpu/full, tiny-cpu/nope]\nseeds: [0]\n")
+    with pytest.raises(ConfigError, match=r"d.yaml:2: cell 'tiny-cpu/nope'.*no such experiment preset"):
+        load_sweep(path)
+    path.write_text("name: d\ncells: [tiny-cpu/full]\nseeds: [0]\nreference: tiny-cpu/text-only\n")
+    with pytest.raises(ConfigError, match=r"d.yaml:4: reference 'tiny-cpu/text-only' is not one of the cells"):
+        load_sweep(path)
+    path.write_text("name: d\ncells: [tiny-cpu/full]\nseeds: [0]\noverrides: [model.use_gate=flase]\n")
+    with pytest.raises(ConfigError, match=r"model.use_gate = 'flase'"):
+        load_sweep(path)
