@@ -3,6 +3,7 @@
 import argparse
 import json
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -76,10 +77,7 @@ def _score(args: argparse.Namespace) -> int:
                 "score against the corpus the run was made from"
             )
         relevance = AnswerRelevance(read_answers(args.answers), texts, match=args.match)
-    ks = sorted({int(k) for k in args.k.split(",") if k.strip()})
-    if not ks or ks[0] < 1:
-        raise ValueError(f"--k {args.k!r}: give positive cutoffs, e.g. 1,5,10")
-    ev = evaluate(run, relevance, ks)
+    ev = evaluate(run, relevance, args.k)
     for line in ev.warnings():
         print(f"gemkr-lab: warning: {line}", file=sys.stderr)
     if args.per_query:
@@ -231,9 +229,47 @@ def _print(payload: dict, as_json: bool) -> None:
             print(f"{k:<{width}}  {v}")
 
 
+def _integer(text: str, lowest: int, what: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give {what}") from None
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"{text!r} is too small; give {what}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """Type of a number option: a whole number >= 1 (argparse names the option in its error)."""
+    return _integer(text, 1, "a whole number >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    """Type of a number option: a whole number >= 0."""
+    return _integer(text, 0, "a whole number >= 0")
+
+
+def shard_count(text: str) -> int | str:
+    """Type of --shards: 'auto' or a whole number >= 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return _integer(text, 1, "a whole number >= 1 or 'auto'")
+
+
+def cutoffs(text: str) -> list[int]:
+    """Type of score --k: comma-separated whole numbers >= 1, e.g. 1,5,10 (sorted, duplicates dropped)."""
+    parts = [p for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no cutoff; give whole numbers >= 1, e.g. 1,5,10")
+    return sorted({_integer(p, 1, "whole numbers >= 1, e.g. 1,5,10") for p in parts})
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb."""
     parser = argparse.ArgumentParser(prog="gemkr-lab", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help="show the full traceback of an error (also accepted after the verb)"
+    )
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     index = verbs.add_parser("index", help="build and inspect knowledge-base indexes")
@@ -243,10 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--tokenizer", required=True, help="local Hugging Face tokenizer directory")
     build.add_argument("--out", required=True, help="index directory to create")
     build.add_argument("--backend", choices=["sa", "fm"], default="fm", help="suffix array or FM-index")
-    build.add_argument("--shards", default="1", help="number of shards, or 'auto' (cut at the sort limit)")
+    build.add_argument(
+        "--shards", type=shard_count, default=1, help="number of shards, or 'auto' (cut at the sort limit)"
+    )
     build.add_argument("--no-dedup", dest="dedup", action="store_false", help="index duplicate texts again")
     build.add_argument("--prepend-title", action="store_true", help="index 'title. text' (DPR passages)")
-    build.add_argument("--batch-size", type=int, default=1024, help="passages per tokenizer call")
+    build.add_argument("--batch-size", type=positive_int, default=1024, help="passages per tokenizer call")
     build.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
     build.add_argument("--json", action="store_true", help="print the summary as JSON")
     build.set_defaults(func=_index_build)
@@ -261,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("index")
     query.add_argument("--text", required=True)
     query.add_argument("--tokenizer", help="tokenizer directory (default: the one the index was built with)")
-    query.add_argument("--limit", type=int, default=10, help="documents to show")
+    query.add_argument("--limit", type=non_negative_int, default=10, help="documents to show")
     query.add_argument("--json", action="store_true")
     query.set_defaults(func=_index_query)
 
@@ -277,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="exact",
         help="exact: case-sensitive as GeMKR's evaluation; lower: lower-cased passage and answers",
     )
-    score.add_argument("--k", default="1,5,10", help="cutoffs, comma-separated")
+    score.add_argument("--k", type=cutoffs, default="1,5,10", help="cutoffs, comma-separated")
     score.add_argument("--dedup", action="store_true", help="keep the best-ranked copy of a repeated document")
     score.add_argument("--per-query", help="also write every query's values to this JSON file")
     score.add_argument("--json", action="store_true", help="print the means as one JSON object")
@@ -288,13 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--corpus", required=True, help="the KB's corpus file")
     base.add_argument("--queries", required=True, help='JSONL {"qid", "text"}')
     base.add_argument("--out", required=True, help="TREC run to write")
-    base.add_argument("--k", type=int, default=100, help="documents per query")
+    base.add_argument("--k", type=positive_int, default=100, help="documents per query")
     base.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep duplicate texts")
     base.set_defaults(func=_baseline)
 
     world = verbs.add_parser("make-world", help="write the synthetic multimodal world (deterministic)")
     world.add_argument("--out", required=True)
-    world.add_argument("--seed", type=int, default=0)
+    world.add_argument("--seed", type=non_negative_int, default=0)
     world.add_argument("--size", choices=["small", "medium"], default="small")
     world.add_argument("--overwrite", action="store_true")
     world.set_defaults(func=_make_world)
@@ -334,21 +372,21 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             cmd.add_argument("experiment", help="preset under experiments/ (e.g. tiny-cpu/full) or a YAML path")
             cmd.add_argument("overrides", nargs="*", help="key=value, e.g. train.max_steps=100 model.use_gate=false")
-        cmd.add_argument("--seed", type=int, default=0)
+        cmd.add_argument("--seed", type=non_negative_int, default=0)
         cmd.add_argument("--root", default="runs/experiments", help="run directories go under ROOT/CELL/seed-S")
         cmd.set_defaults(func=func)
 
     sweep = verbs.add_parser("sweep", help="run an ablation grid (idempotent, resumable)")
     sweep.add_argument("sweep", help="sweep file, e.g. sweeps/demo.yaml")
-    sweep.add_argument("--workers", type=int, default=1, help="runs at a time, each in its own process")
-    sweep.add_argument("--retries", type=int, default=1, help="retries of a failed run")
+    sweep.add_argument("--workers", type=positive_int, default=1, help="runs at a time, each in its own process")
+    sweep.add_argument("--retries", type=non_negative_int, default=1, help="retries of a failed run")
     sweep.add_argument(
         "--storage",
         help="Optuna storage URL, e.g. postgresql+psycopg2://user@host/db "
         "(default: a journal file under the sweep's root)",
     )
     sweep.add_argument("--new-study", action="store_true", help="start over if the sweep file changed")
-    sweep.add_argument("--gpus-per-trial", type=int, default=0, help="GPUs pinned to each worker")
+    sweep.add_argument("--gpus-per-trial", type=non_negative_int, default=0, help="GPUs pinned to each worker")
     sweep.set_defaults(func=_sweep)
 
     report = verbs.add_parser("report", help="ablation table (md, tex, html, csv) and plot of a sweep")
@@ -357,21 +395,39 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=_report)
 
     demo = verbs.add_parser("demo", help="the main job: world -> prepare -> demo ablation sweep -> report")
-    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--workers", type=positive_int, default=2)
     demo.set_defaults(func=_demo)
     return parser
 
 
+USER_ERROR = 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one verb; errors are printed as one line on stderr with a non-zero exit."""
+    """Run one verb; a user error is one line on stderr with exit 2.
+
+    User errors (bad input, unreadable or unwritable files: disk full, read-only, permissions) name the problem
+    and the fix, with no traceback (`--debug` shows it); argparse refuses bad options with exit 2 as well.
+    """
     from gemkr_lab.kb.errors import KBError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:cut]  # a global flag, accepted anywhere before "--"
+    argv = [a for i, a in enumerate(argv) if i >= cut or a != "--debug"]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KBError, FileExistsError, FileNotFoundError, ValueError, KeyError) as exc:  # ConfigError, DataError too
-        print(f"gemkr-lab: error: {exc}", file=sys.stderr)
-        return 2
+    except (KBError, OSError, ValueError, KeyError) as exc:  # ConfigError, DataError, RunFileError too
+        if debug:
+            traceback.print_exc()
+        print(f"gemkr-lab: error: {_user_message(exc)}", file=sys.stderr)
+        return USER_ERROR
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("gemkr-lab: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         if type(exc).__name__ != "TrialPruned":  # an Optuna search stopped this trial: not an error
             raise
@@ -379,6 +435,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"gemkr-lab: trial pruned ({exc})", file=sys.stderr)
         return PRUNED_EXIT
+
+
+def _user_message(exc: BaseException) -> str:
+    from gemkr_lab.io import describe_os_error
+
+    if isinstance(exc, OSError):
+        return " ".join(describe_os_error(exc).split())  # one line, also for odd file names
+    return str(exc) or type(exc).__name__
 
 
 if __name__ == "__main__":

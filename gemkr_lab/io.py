@@ -33,6 +33,7 @@ __all__ = [
     "clean_stale",
     "current_umask",
     "default_file_mode",
+    "describe_os_error",
     "pid_alive",
     "write_bytes",
     "write_json",
@@ -88,9 +89,10 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _name_the_target(exc: OSError, path: Path, tmp: str | None) -> None:
-    """Errors of a write (ENOSPC from `write`, EACCES from the rename) name the file the user asked for."""
-    if exc.filename is None or exc.filename == tmp:
+def _name_the_target(exc: OSError, path: Path) -> None:
+    """Name the path asked for in a write's error (ENOSPC, EACCES, EROFS …), not our temporary file or dir."""
+    ours = tuple(f".{path.name}.{kind}-" for kind in _KINDS)
+    if exc.filename is None or Path(str(exc.filename)).name.startswith(ours):
         exc.filename = str(path)
         exc.filename2 = None
 
@@ -126,7 +128,7 @@ def atomic_write(path: str | Path, mode: str = "w", *, encoding: str = "utf-8") 
         tmp = None
         _fsync_dir(path.parent)
     except OSError as exc:
-        _name_the_target(exc, path, tmp)
+        _name_the_target(exc, path)
         raise
     finally:
         if tmp is not None:
@@ -233,15 +235,21 @@ def atomic_directory(final: str | Path, *, overwrite: bool) -> Iterator[Path]:
         raise FileExistsError(f"{final} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
     if final.exists() and not final.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of this directory", str(final))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale(final.parent, final.name)
     staging = final.parent / f".{final.name}.partial-{_tag()}"
-    staging.mkdir()
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(final.parent, final.name)
+        staging.mkdir()
+    except OSError as exc:
+        _name_the_target(exc, final)
+        raise
     try:
         yield staging
         _fsync_tree(staging)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError) and str(exc.filename or "").startswith(str(staging)):
+            exc.filename = str(final) + str(exc.filename)[len(str(staging)) :]  # kb/shard-000/C.npy, not .kb.partial…
         raise
     try:
         if final.exists():
@@ -256,6 +264,46 @@ def atomic_directory(final: str | Path, *, overwrite: bool) -> Iterator[Path]:
         else:
             os.replace(staging, final)
         _fsync_dir(final.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):
+            _name_the_target(exc, final)
         raise
+
+
+_FIXES = {
+    errno.EACCES: "permission denied; check the permissions of the file and its folder, or choose another path",
+    errno.EPERM: "operation not permitted; check the permissions of the file and its folder, or choose another path",
+    errno.ENOSPC: "no space left on the device; free some space or write somewhere else",
+    errno.EDQUOT: "disk quota exceeded; free some space or write somewhere else",
+    errno.EROFS: "read-only file system; write somewhere else",
+    errno.EISDIR: "is a directory where a file belongs; give the path of a file",
+    errno.ENOTDIR: "a file is in the way where a directory belongs; fix the path or remove the file",
+    errno.EEXIST: "already exists; remove it or choose another path",
+    errno.ENOTEMPTY: "directory not empty; remove it or choose another path",
+    errno.ENAMETOOLONG: "file name too long; choose a shorter path",
+    errno.EMFILE: "too many open files; raise the limit (ulimit -n) or use fewer workers",
+    errno.EIO: "input/output error (a failing disk or network file system); check the device",
+    errno.ETXTBSY: "the file is busy (in use by a running program); try again when it is free",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the file and the fix, e.g. `out/report.md: no space left on the device; free some …`.
+
+    An OSError raised with a message of its own (no errno) is returned as it is.
+    """
+    if exc.errno is None:
+        return str(exc)
+    where = "" if exc.filename is None else f"{exc.filename}"
+    if exc.filename2 is not None:
+        where += f" -> {exc.filename2}"
+    if exc.errno == errno.ENOENT:
+        missing = Path(str(exc.filename)) if exc.filename is not None else None
+        if missing is not None and not missing.parent.exists():
+            what = f"its folder {missing.parent} does not exist; create it or fix the path"
+        else:
+            what = "no such file or directory; check the path"
+    else:
+        what = _FIXES.get(exc.errno, f"{exc.strerror or os.strerror(exc.errno)}")
+    return f"{where}: {what}" if where else what

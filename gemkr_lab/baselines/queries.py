@@ -21,6 +21,8 @@ def kb_passages(corpus: str | Path, dedup: bool = True) -> tuple[list[str], list
 
 def read_queries(path: str | Path) -> dict[str, str]:
     """Query texts from JSONL lines `{"qid": ..., "text": ...}` (file and line named on errors)."""
+    if Path(path).is_dir():
+        raise RunFileError(path, None, "is a directory where the queries file belongs; give the file's path")
     if not Path(path).is_file():
         raise RunFileError(path, None, "no such queries file")
     out = {str(obj["qid"]): obj["text"] for _, obj in jsonl_objects(path, "text", str, '{"qid": ..., "text": "..."}')}

@@ -53,6 +53,8 @@ def read_corpus(path: str | Path) -> Iterator[Passage]:
             named), or a file without any passage.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CorpusError(path, "is a directory where the corpus file belongs; give the file (.csv, .tsv or .jsonl)")
     if not path.is_file():
         raise CorpusError(path, "no such corpus file")
     suffix = path.suffix.lower()

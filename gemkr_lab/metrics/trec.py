@@ -122,6 +122,8 @@ def write_run(path: str | Path, ranked: Mapping[str, Sequence[str]], tag: str = 
 
 
 def _raw_lines(path: Path):
+    if path.is_dir():
+        raise RunFileError(path, None, "is a directory where a file belongs; give the file's path")
     if not path.is_file():
         raise RunFileError(path, None, "no such file")
     with open(path, "rb") as fh:

@@ -243,7 +243,7 @@ def reporter_from_env() -> TrialReporter | None:
 
         store = JournalStorage(JournalFileBackend(url[len("journal:") :]))
     else:
-        store = optuna.storages.RDBStorage(url)
+        store = optuna.storages.RDBStorage(study_mod.storage_url(url))
     study = optuna.load_study(study_name=os.environ["GEMKR_OPTUNA_STUDY"], storage=store)
     return TrialReporter(study, int(os.environ["GEMKR_OPTUNA_TRIAL"]))
 

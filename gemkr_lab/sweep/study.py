@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import socket
 import threading
 import time
@@ -26,25 +27,108 @@ HEARTBEAT_SECONDS = 10.0
 STALE_AFTER_SECONDS = 60.0
 
 
+def redact_url(url: str) -> str:
+    """`url` as it may be shown or written: the password masked by SQLAlchemy's own rendering (`***`).
+
+    A URL SQLAlchemy cannot parse is masked by pattern (`user:***@`), and `password=` query parameters too.
+    """
+    try:
+        from sqlalchemy.engine import make_url
+
+        shown = make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: mask what looks like credentials
+        shown = re.sub(r"([^\s/:@]*):[^\s@/]*@", r"\1:***@", url)
+    return re.sub(r"(?i)\b(password|passwd|pwd)=[^&;\s]*", r"\1=***", shown)
+
+
+def _scrub(text: str, url: str) -> str:
+    """`text` with every appearance of `url` and of its password replaced by their masked forms."""
+    text = text.replace(url, redact_url(url))
+    secrets = set(re.findall(r"(?i)\b(?:password|passwd|pwd)=([^&;\s]+)", url))
+    try:
+        from sqlalchemy.engine import make_url
+
+        if make_url(url).password:
+            secrets.add(str(make_url(url).password))
+    except Exception:
+        secrets.update(m for m in re.findall(r"[^\s/:@]*:([^\s@/]+)@", url) if m)
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def storage_url(url: str) -> str:
+    """The URL given to SQLAlchemy: a plain `postgresql://` uses psycopg2 where psycopg 3 is not installed.
+
+    SQLAlchemy 2.1 reads a plain `postgresql://` as `postgresql+psycopg://` (psycopg 3); this project installs
+    psycopg2 (`psycopg2-binary`), so without the mapping a correct URL would fail for a missing module.
+    """
+    import importlib.util
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return url  # refused with a clear message when connecting
+    if (
+        parsed.drivername in ("postgresql", "postgres")
+        and importlib.util.find_spec("psycopg") is None
+        and importlib.util.find_spec("psycopg2") is not None
+    ):
+        return parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return url
+
+
 def open_storage(url: str | None, root: Path):
-    """The journal file under `root` (default), or an RDB storage reached at `url` (checked first)."""
+    """The journal file under `root` (default), or an RDB storage reached at `url` (checked first).
+
+    Raises:
+        ConfigError: the URL cannot be parsed, names an unknown database or a driver that is not installed
+            (with the URL form that works), or the server cannot be reached; the password is never shown.
+    """
     if url is None:
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
         root.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(root / "optuna-journal.log")))
+    shown = redact_url(url)
+    real = storage_url(url)
     try:
         import sqlalchemy
 
-        engine = sqlalchemy.create_engine(url, connect_args=_connect_timeout(url))
+        engine = sqlalchemy.create_engine(real, connect_args=_connect_timeout(real))
         with engine.connect():
             pass
         engine.dispose()
+    except ImportError as exc:  # the dialect's driver module is not installed
+        raise ConfigError(_missing_driver(shown, real, exc)) from None
     except Exception as exc:  # sqlalchemy raises driver-specific errors for a bad URL or an unreachable server
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        if isinstance(exc, NoSuchModuleError):
+            what = "names a database type SQLAlchemy does not know; use e.g. postgresql+psycopg2://USER@HOST/DB"
+            raise ConfigError(f"storage {shown}: {what}; nothing was started") from None
+        if isinstance(exc, ArgumentError):
+            what = "is not a database URL (not shown: it may hold a password)"
+            raise ConfigError(
+                f"the storage {what}; use e.g. postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB; nothing was started"
+            ) from None
         reason = (getattr(exc, "orig", None) or exc).__str__().strip().splitlines() or [type(exc).__name__]
-        raise ConfigError(f"storage {url!r} cannot be reached ({reason[0]}); nothing was started") from exc
-    return optuna.storages.RDBStorage(url)
+        why = _scrub(_scrub(reason[0], real), url)
+        raise ConfigError(f"storage {shown} cannot be reached ({why}); nothing was started") from None
+    return optuna.storages.RDBStorage(real)
+
+
+def _missing_driver(shown: str, real: str, exc: ImportError) -> str:
+    from sqlalchemy.engine import make_url
+
+    module = exc.name or "its driver"
+    backend = make_url(real).get_backend_name()
+    works = {"postgresql": "postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB (psycopg2 is installed)"}
+    hint = f"use {works[backend]}, or install {module}" if backend in works else f"install {module}"
+    return f"storage {shown} needs the Python driver {module!r}, which is not installed: {hint}; nothing was started"
 
 
 def _connect_timeout(url: str) -> dict:

@@ -113,7 +113,7 @@ def test_strict_parsing_refuses_what_would_lose_passages(tmp_path, name, content
         ("quoted.csv", 'id,text\n1,"a, b and ""c"""\n', [("1", 'a, b and "c"')]),
         ("inner.csv", 'id,text\n1,he said "hi"\n', [("1", 'he said "hi"')]),
         ("extra.csv", "kid,text,source\n1,a,wiki\n2,b,\n", [("1", "a"), ("2", "b")]),
-        ("crlf.csv", 'id,text\r\n1,"x\r\ny"\r\n2,z\r\n', [("1", "x  y"), ("2", "z")]),
+        ("crlf.csv", 'id,text\r\n1,"x, y"\r\n2,z\r\n', [("1", "x, y"), ("2", "z")]),
         ("blanklines.csv", "id,text\n\n1,a\n\n2,b\n", [("1", "a"), ("2", "b")]),
         ("two.tsv", "1\ta\n2\tb\n", [("1", "a"), ("2", "b")]),
     ],
