@@ -7,6 +7,13 @@ at this step (Hamming diversity); cumulative scores include the penalties and th
 hypothesis ends with EOS and is scored `cumulative / (clue tokens + 1) ** length_penalty`; one pool of
 `num_clues` hypotheses per query. After `max_clue_tokens` tokens only EOS may follow (a *forced* end).
 Plain beam search is the same with one group.
+
+Differences from HF, on purpose: no early stop (HF ends a query once its pool is full and `is_done`'s
+heuristic says no running beam can beat it; here every beam runs to the length cap, as the spec describes
+decoding); a beam slot left without any finite candidate is dead (never continued, its token not counted by
+the Hamming penalty; HF keeps it at -inf with an arbitrary token and counts that token), and a group's
+beams other than the first start dead (HF: -1e9). tests/decoding/test_reference_search.py checks the rest
+against a naive HF 4.28 reference.
 """
 
 import time
