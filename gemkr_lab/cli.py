@@ -21,6 +21,7 @@ def _index_build(args: argparse.Namespace) -> int:
         shards=shards,
         dedup=args.dedup,
         prepend_title=args.prepend_title,
+        carriage_returns_to_spaces=args.carriage_returns_to_spaces,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
     )
@@ -69,7 +70,7 @@ def _score(args: argparse.Namespace) -> int:
         if not args.corpus:
             raise ValueError("--answers needs --corpus (the passages whose text is matched)")
         wanted = {d for docs in run.values() for d in docs}
-        texts = texts_for(args.corpus, wanted)
+        texts = texts_for(args.corpus, wanted, carriage_returns_to_spaces=args.carriage_returns_to_spaces)
         missing = wanted - set(texts)
         if missing:
             raise ValueError(
@@ -138,6 +139,8 @@ def _prepare(args: argparse.Namespace) -> int:
             detector_confidence=args.detector_confidence,
             detector_iou=args.detector_iou,
             index_backend=args.backend,
+            carriage_returns_to_spaces=args.carriage_returns_to_spaces,
+            gs112k_test_queries=args.gs112k_test_queries,
         )
         data_root, out, tokenizer = args.data_root, args.out, args.tokenizer
     steps = Preparer(data, data_root, out, tokenizer=tokenizer, force=args.force).run()
@@ -264,6 +267,12 @@ def cutoffs(text: str) -> list[int]:
     return sorted({_integer(p, 1, "whole numbers >= 1, e.g. 1,5,10") for p in parts})
 
 
+CRS_HELP = (
+    "also turn carriage returns (\\r) in passages into spaces; the official index builder turns only \\n "
+    "(a deviation from the official texts: other tokens, clues and answer matches where passages hold \\r)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb."""
     parser = argparse.ArgumentParser(prog="gemkr-lab", description=__doc__)
@@ -284,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--no-dedup", dest="dedup", action="store_false", help="index duplicate texts again")
     build.add_argument("--prepend-title", action="store_true", help="index 'title. text' (DPR passages)")
+    build.add_argument("--carriage-returns-to-spaces", action="store_true", help=CRS_HELP)
     build.add_argument("--batch-size", type=positive_int, default=1024, help="passages per tokenizer call")
     build.add_argument("--overwrite", action="store_true", help="replace an existing index directory")
     build.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -317,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--k", type=cutoffs, default="1,5,10", help="cutoffs, comma-separated")
     score.add_argument("--dedup", action="store_true", help="keep the best-ranked copy of a repeated document")
+    score.add_argument(
+        "--carriage-returns-to-spaces", action="store_true", help="match answers in texts normalised so: " + CRS_HELP
+    )
     score.add_argument("--per-query", help="also write every query's values to this JSON file")
     score.add_argument("--json", action="store_true", help="print the means as one JSON object")
     score.set_defaults(func=_score)
@@ -350,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", help="where prepared files go")
     prep.add_argument("--tokenizer", help="the LLM's tokenizer directory (default: DATA_ROOT/tokenizer)")
     prep.add_argument("--backend", choices=["sa", "fm"], default="fm")
+    prep.add_argument("--carriage-returns-to-spaces", action="store_true", help=CRS_HELP)
+    prep.add_argument(
+        "--gs112k-test-queries",
+        choices=["auto", "gemkr", "vrr"],
+        default="auto",
+        help="GS112K test queries: GeMKR's test.json, VRR's retriever_test.json, or GeMKR's when present (auto)",
+    )
     prep.add_argument("--detector", choices=["yolo", "ground_truth", "none"], default="ground_truth")
     prep.add_argument("--yolo-weights", help="local YOLO weights (.pt/.onnx) for --detector yolo")
     prep.add_argument("--clue-max-tokens", type=int, default=9)

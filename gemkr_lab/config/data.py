@@ -37,6 +37,13 @@ class DataConfig:
     """YOLO NMS IoU threshold."""
     index_backend: Annotated[Literal["fm", "sa"], PREPARE_TIME] = "fm"
     """KB index: FM-index (compact) or suffix array (faster locate, ~3x the disk); answers are identical."""
+    carriage_returns_to_spaces: Annotated[bool, PREPARE_TIME] = False
+    """Deviation from the official index builder, which turns only `\\n` into spaces: also turn `\\r` in corpus
+    texts into spaces (on a corpus with carriage returns this changed 30 of 5,046 queries' scores)."""
+    gs112k_test_queries: Annotated[Literal["auto", "gemkr", "vrr"], PREPARE_TIME] = "auto"
+    """OKVQA-GS112K test queries: GeMKR's own `test.json` ("gemkr": the queries and answers its released
+    result file is aligned with), VRR's `retriever_test.json` ("vrr"), or GeMKR's when present, else VRR's
+    ("auto"). Other datasets have only their own query files ("gemkr" is refused there)."""
     append_caption: bool = True
     """Ablation "caption in the query": append the image caption to the question, as the official code
     does. It leaks visual content into the text and so confounds visual ablations; off = question only."""
@@ -48,5 +55,11 @@ class DataConfig:
         check_fields(self)
         if self.clue_min_tokens > self.clue_max_tokens:
             raise FieldError("clue_min_tokens", self.clue_min_tokens, f"<= clue_max_tokens ({self.clue_max_tokens})")
+        if self.gs112k_test_queries == "gemkr" and self.dataset != "okvqa-gs112k":
+            raise FieldError(
+                "gs112k_test_queries",
+                "gemkr",
+                f"'auto' or 'vrr' for dataset {self.dataset!r} (GeMKR's test.json is GS112K's)",
+            )
         if self.detector == "yolo" and not self.yolo_weights:
             raise FieldError("yolo_weights", None, "a local weights file when detector is 'yolo'")

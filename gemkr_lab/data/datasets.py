@@ -2,10 +2,16 @@
 
 | dataset | corpus | queries | images | relevance |
 |---|---|---|---|---|
-| okvqa-gs112k | okvqa_train_corpus.csv | retriever_{train,test}.json (VRR) | images/ (COCO) | answers, exact |
+| okvqa-gs112k | okvqa_train_corpus.csv | retriever_{train,test}.json, test.json (*) | images/ (COCO) | answers, exact |
 | okvqa-wk21m | psgs_w100.tsv (DPR) | retriever_{train,test}.json | images/ | answers, lower-cased |
 | remuq | corpus.csv (kid,text) | train.json, test.json (VRR layout) | imgs.tsv + imgs.lineidx | gold passage |
 | synthetic | corpus.csv | retriever_{train,test}.json | images/ + boxes.json | gold passage |
+
+(*) GS112K's test queries come from GeMKR's own `test.json` (the 5,046 queries and answers, stemmed forms
+included, that its released result file is aligned with; query ids are positions) or from VRR's
+`retriever_test.json` (query ids are OK-VQA question ids), as `DataConfig.gs112k_test_queries` chooses:
+"auto" takes GeMKR's when it is there. When both are there, `check_test_queries` pairs them and lists
+where they differ.
 """
 
 import json
@@ -14,7 +20,15 @@ from pathlib import Path
 from typing import Literal
 
 from gemkr_lab.data.images import FolderImages, TsvImages
-from gemkr_lab.data.queries import DataError, Query, ReadReport, read_retriever_json
+from gemkr_lab.data.queries import (
+    DataError,
+    Query,
+    QueryCheck,
+    ReadReport,
+    compare_queries,
+    read_gemkr_test_json,
+    read_retriever_json,
+)
 
 
 @dataclass(frozen=True)
@@ -27,11 +41,18 @@ class Layout:
     images: Literal["folder", "tsv"]
     relevance: Literal["answers", "gold"]
     match: Literal["exact", "lower"] = "exact"
+    gemkr_test: str | None = None
+    """GeMKR's own preprocessed test queries (`dataset/okvqa/test.json`), where the benchmark has them."""
 
 
 LAYOUTS = {
     "okvqa-gs112k": Layout(
-        "okvqa_train_corpus.csv", "retriever_train.json", "retriever_test.json", "folder", "answers"
+        "okvqa_train_corpus.csv",
+        "retriever_train.json",
+        "retriever_test.json",
+        "folder",
+        "answers",
+        gemkr_test="test.json",
     ),
     "okvqa-wk21m": Layout("psgs_w100.tsv", "retriever_train.json", "retriever_test.json", "folder", "answers", "lower"),
     "remuq": Layout("corpus.csv", "train.json", "test.json", "tsv", "gold"),
@@ -39,21 +60,66 @@ LAYOUTS = {
 }
 
 
-class Dataset:
-    """One benchmark's files under `root`, checked on opening."""
+TEST_SOURCES = ("auto", "gemkr", "vrr")
+SOURCE_NAMES = {"gemkr": "GeMKR's", "vrr": "VRR's"}
 
-    def __init__(self, name: str, root: str | Path) -> None:
+
+class Dataset:
+    """One benchmark's files under `root`, checked on opening.
+
+    `test_queries` chooses GS112K's test query file ("auto", "gemkr" or "vrr"; see the module doc); the
+    choice made is `test_source`.
+    """
+
+    def __init__(self, name: str, root: str | Path, test_queries: str = "auto") -> None:
         if name not in LAYOUTS:
             raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(LAYOUTS)}")
+        if test_queries not in TEST_SOURCES:
+            raise DataError(f"unknown test query source {test_queries!r}; choose one of {', '.join(TEST_SOURCES)}")
         self.name, self.root, self.layout = name, Path(root), LAYOUTS[name]
-        needed = [self.layout.corpus, self.layout.test]
+        gemkr = self.layout.gemkr_test
+        if test_queries == "gemkr" and gemkr is None:
+            raise DataError(f"dataset {name!r} has no GeMKR test file; its test queries are {self.layout.test}")
+        if test_queries == "auto":
+            test_queries = "gemkr" if gemkr is not None and (self.root / gemkr).is_file() else "vrr"
+        self.test_source: Literal["gemkr", "vrr"] = test_queries  # type: ignore[assignment]
+        needed = [self.layout.corpus, self._test_file]
         needed += ["imgs.tsv", "imgs.lineidx"] if self.layout.images == "tsv" else ["images"]
         missing = [f for f in needed if not (self.root / f).exists()]
         if missing:
+            tests = f"{gemkr} (GeMKR's) or {self.layout.test}" if gemkr else self.layout.test
             raise DataError(
                 f"{self.root}: missing {', '.join(missing)} for dataset {name!r} "
-                f"(expected layout: corpus {self.layout.corpus}, queries {self.layout.train} / {self.layout.test})"
+                f"(expected layout: corpus {self.layout.corpus}, queries {self.layout.train} / {tests})"
             )
+
+    @property
+    def _test_file(self) -> str:
+        return self.layout.gemkr_test if self.test_source == "gemkr" else self.layout.test  # type: ignore[return-value]
+
+    def query_file(self, split: Literal["train", "test"]) -> Path:
+        """The file the split's queries are read from."""
+        return self.root / (self._test_file if split == "test" else self.layout.train)
+
+    def test_source_note(self, chosen: str) -> str:
+        """Which test query file is used and why, for the prepare summary."""
+        file = self._test_file
+        if self.layout.gemkr_test is None:
+            return f"from {file}"
+        what = SOURCE_NAMES[self.test_source]
+        if chosen == "auto":
+            why = "present" if self.test_source == "gemkr" else f"{self.layout.gemkr_test} absent"
+            return f"from {what} {file} (gs112k_test_queries=auto: {why})"
+        return f"from {what} {file} (gs112k_test_queries={chosen})"
+
+    def check_test_queries(self) -> QueryCheck | None:
+        """GeMKR's and VRR's test queries paired and compared, when both files are there (else None)."""
+        gemkr = self.layout.gemkr_test
+        if gemkr is None or not (self.root / gemkr).is_file() or not (self.root / self.layout.test).is_file():
+            return None
+        return compare_queries(
+            read_gemkr_test_json(self.root / gemkr), read_retriever_json(self.root / self.layout.test)
+        )
 
     @property
     def corpus(self) -> Path:
@@ -62,11 +128,13 @@ class Dataset:
 
     def queries(self, split: Literal["train", "test"], report: ReadReport | None = None) -> list[Query]:
         """The split's queries (a missing train file is an error only when asked for)."""
-        return read_retriever_json(self.root / getattr(self.layout, split), report)
+        if split == "test" and self.test_source == "gemkr":
+            return read_gemkr_test_json(self.query_file(split), report)
+        return read_retriever_json(self.query_file(split), report)
 
-    def has_split(self, split: str) -> bool:
+    def has_split(self, split: Literal["train", "test"]) -> bool:
         """Whether the split's query file exists."""
-        return (self.root / getattr(self.layout, split)).is_file()
+        return self.query_file(split).is_file()
 
     def images(self) -> FolderImages | TsvImages:
         """The image store."""

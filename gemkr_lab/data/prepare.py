@@ -78,7 +78,7 @@ class Preparer:
         progress: bool | None = None,
     ) -> None:
         self.config = config
-        self.dataset = Dataset(config.dataset, data_root)
+        self.dataset = Dataset(config.dataset, data_root, test_queries=config.gs112k_test_queries)
         self.out = Path(out)
         tok_dir = Path(tokenizer) if tokenizer else self.dataset.root / "tokenizer"
         if not tok_dir.is_dir():
@@ -102,12 +102,21 @@ class Preparer:
         (self.out / STAMP).unlink(missing_ok=True)  # not a prepared folder until every step is done again
         tok_fp = tokenizer_fingerprint(self.tokenizer)
         corpus_fp = file_fingerprint(self.dataset.corpus)
-        self._step("index", {"corpus": corpus_fp, "tokenizer": tok_fp, "backend": self.backend}, self._index)
+        crs = self.config.carriage_returns_to_spaces
+        # the normalisation is an input: indexes made before it was a switch turned \r into spaces too
+        index_inputs = {"corpus": corpus_fp, "tokenizer": tok_fp, "backend": self.backend, "texts_crs": crs}
+        self._step("index", index_inputs, self._index)
         splits = [s for s in ("train", "test") if self.dataset.has_split(s)]
-        query_fps = {s: file_fingerprint(self.dataset.root / getattr(self.dataset.layout, s)) for s in splits}
-        self._step("queries", {"files": query_fps}, lambda: self._queries(splits))
+        query_fps = {s: file_fingerprint(self.dataset.query_file(s)) for s in splits}
+        query_inputs: dict[str, Any] = {"files": query_fps}
+        if self.dataset.layout.gemkr_test is not None:  # which file was chosen, and the other one it is checked with
+            layout = self.dataset.layout
+            both = {f: self.dataset.root / f for f in (layout.gemkr_test, layout.test)}
+            query_inputs["test_source"] = self.dataset.test_source
+            query_inputs["checked"] = {f: file_fingerprint(p) for f, p in both.items() if p.is_file()}
+        self._step("queries", query_inputs, lambda: self._queries(splits))
         if "train" in splits:
-            knobs = {"min": self.config.clue_min_tokens, "max": self.config.clue_max_tokens}
+            knobs = {"min": self.config.clue_min_tokens, "max": self.config.clue_max_tokens, "texts_crs": crs}
             inputs = {"corpus": corpus_fp, "tokenizer": tok_fp, "train": query_fps["train"], "knobs": knobs}
             self._step("clues", inputs, self._clues)
         else:
@@ -123,7 +132,10 @@ class Preparer:
             self.summary.append({"step": "regions", "status": "skipped", "why": "detector is 'none'"})
         else:
             self._step("regions", {"detector": detector, "queries": query_fps}, lambda: self._regions(splits))
-        write_json(self.out / "prepare_summary.json", {"dataset": self.config.dataset, "steps": self.summary})
+        summary = {"dataset": self.config.dataset, "steps": self.summary}
+        if "test" in splits:
+            summary["test_queries"] = self.dataset.test_source_note(self.config.gs112k_test_queries)
+        write_json(self.out / "prepare_summary.json", summary)
         steps = self.fingerprints  # the steps that apply to these settings, not stale stamps of others
         settings = prepare_settings(self.config)
         identity = {"settings": settings, "tokenizer_fingerprint": tok_fp, "steps": steps}
@@ -166,10 +178,14 @@ class Preparer:
             self.tokenizer_dir,
             self.out / "index",
             backend=self.backend,
+            carriage_returns_to_spaces=self.config.carriage_returns_to_spaces,
             overwrite=True,
             progress=self.progress,
         )
-        return f"{index.n_docs} documents, {index.n_tokens} tokens ({self.backend})"
+        texts = (
+            "\\r turned into spaces too" if self.config.carriage_returns_to_spaces else "official texts: \\n to spaces"
+        )
+        return f"{index.n_docs} documents, {index.n_tokens} tokens ({self.backend}; {texts})"
 
     def _queries(self, splits: list[str]) -> str:
         parts = []
@@ -177,9 +193,22 @@ class Preparer:
             report = ReadReport()
             queries = self.dataset.queries(split, report)
             _write_jsonl(self.out / f"queries_{split}.jsonl", (asdict(q) for q in queries))
-            skipped = ", ".join(f"{n} {why}" for why, n in report.skipped.items()) or "none skipped"
-            parts.append(f"{split}: {report.kept} queries ({skipped})")
+            source = f" {self.dataset.test_source_note(self.config.gs112k_test_queries)}" if split == "test" else ""
+            parts.append(f"{split}: {report.describe()}{source}")
+            if split == "test" and self.dataset.layout.gemkr_test is not None:
+                parts.append(self._check_test_queries())
         return "; ".join(parts)
+
+    def _check_test_queries(self) -> str:
+        """GS112K: GeMKR's and VRR's test queries compared when both are there (written to query_check.json)."""
+        layout, path = self.dataset.layout, self.out / "query_check.json"
+        check = self.dataset.check_test_queries()
+        if check is None:
+            path.unlink(missing_ok=True)
+            absent = layout.test if self.dataset.test_source == "gemkr" else layout.gemkr_test
+            return f"not checked against the other query file ({absent} absent)"
+        write_json(path, {"gemkr_file": layout.gemkr_test, "vrr_file": layout.test, **check.to_json()})
+        return f"{layout.gemkr_test} vs {layout.test}: {check.summary()} (details in query_check.json)"
 
     def _clues(self) -> str:
         index = open_index(self.out / "index", tokenizer_fingerprint=tokenizer_fingerprint(self.tokenizer))
@@ -187,7 +216,11 @@ class Preparer:
         stats, rows, missing = ClueStats(), [], 0
         queries = self.dataset.queries("train")
         # stream the corpus once for the texts of the relevant passages only (21M passages do not fit a dict)
-        texts = texts_for(self.dataset.corpus, {p for q in queries for p in q.positives})
+        texts = texts_for(
+            self.dataset.corpus,
+            {p for q in queries for p in q.positives},
+            carriage_returns_to_spaces=self.config.carriage_returns_to_spaces,
+        )
         for q in tqdm(queries, desc="clue targets", disable=_quiet(self.progress)):
             stats.queries += 1
             found = False

@@ -1,4 +1,4 @@
-"""Streaming readers of knowledge-base corpus files, with errors that name the file and line.
+r"""Streaming readers of knowledge-base corpus files, with errors that name the file and line.
 
 Formats (chosen by extension):
 - `.csv`: header `kid,text` or `id,text` (OKVQA-GS112K, VRR release); further columns are allowed (and
@@ -7,7 +7,12 @@ Formats (chosen by extension):
   as the first one (2 or 3).
 - `.jsonl`: one object per line, `{"id", "text", "title"?}`.
 
-Text normalisation follows GeMKR's index builder: newlines become spaces and the text is stripped.
+Text normalisation is the official index builder's by default (`data_process/my_build_fm_index.py`: the csv
+is read with `newline=''`, then `text.replace('\n', ' ').strip()`): a line feed becomes a space, a carriage
+return stays (a quoted `\r\n` becomes `\r `, a lone `\r` stays), and surrounding whitespace is stripped.
+`carriage_returns_to_spaces=True` also turns every `\r` into a space, a deviation from the official texts
+(`DataConfig.carriage_returns_to_spaces`): on a corpus with carriage returns inside passages the two give
+other tokens, so other clues and other answer matches.
 
 Parsing is strict, because a lenient reader loses passages without a word: an unclosed quote (the file ends
 inside it, text follows a closing quote, or a quoted text runs over lines that look like rows of their own),
@@ -22,8 +27,9 @@ import csv
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from gemkr_lab.kb.errors import CorpusError
@@ -40,13 +46,18 @@ class Passage:
     title: str = ""
 
 
-def normalise_text(text: str) -> str:
-    """GeMKR's normalisation before indexing: newlines to spaces, surrounding whitespace stripped."""
-    return text.replace("\r", " ").replace("\n", " ").strip()
+def normalise_text(text: str, carriage_returns_to_spaces: bool = False) -> str:
+    r"""The official index builder's normalisation: `\n` to a space, surrounding whitespace stripped.
+
+    `carriage_returns_to_spaces` also turns `\r` into a space (not the official texts; see the module doc).
+    """
+    if carriage_returns_to_spaces:
+        text = text.replace("\r", " ")
+    return text.replace("\n", " ").strip()
 
 
-def read_corpus(path: str | Path) -> Iterator[Passage]:
-    """Stream the passages of a corpus file (never loaded whole).
+def read_corpus(path: str | Path, *, carriage_returns_to_spaces: bool = False) -> Iterator[Passage]:
+    """Stream the passages of a corpus file (never loaded whole), texts normalised by `normalise_text`.
 
     Raises:
         CorpusError: unknown extension, missing columns, a malformed row, invalid UTF-8 (file and line
@@ -62,7 +73,7 @@ def read_corpus(path: str | Path) -> Iterator[Passage]:
         raise CorpusError(path, f"unknown corpus format {suffix!r}; use one of {', '.join(FORMATS)}")
     reader = {".csv": _read_csv, ".tsv": _read_tsv, ".jsonl": _read_jsonl}[suffix]
     count = 0
-    for passage in reader(path):
+    for passage in reader(path, partial(normalise_text, carriage_returns_to_spaces=carriage_returns_to_spaces)):
         count += 1
         yield passage
     if count == 0:
@@ -122,6 +133,14 @@ class _Record:
                 self.path,
                 f"a quote opened in this row is never closed (the file ends inside it, at line {end}); close it, "
                 'or write a quote inside a quoted text as ""',
+                line=start,
+            )
+        if "new-line character" in reason:
+            return CorpusError(
+                self.path,
+                "a carriage return (\\r) inside an unquoted text (it would end the row for a reader that splits "
+                "lines on \\r, as the official index builder does); quote the text, e.g. "
+                f'1{_shown(delimiter)}"first\\rsecond", or remove the \\r',
                 line=start,
             )
         if end > start:
@@ -197,7 +216,7 @@ def _field_count_error(path: Path, line: int, n: int, expected: int, header: str
     return CorpusError(path, f"row has {n} field{'s' if n != 1 else ''}, expected {expected} ({header}): {hint}", line)
 
 
-def _read_csv(path: Path) -> Iterator[Passage]:
+def _read_csv(path: Path, normalise: Callable[[str], str]) -> Iterator[Passage]:
     _raise_field_limit()
     rows = _Record(path).rows(",")
     first = next(rows, None)
@@ -213,12 +232,12 @@ def _read_csv(path: Path) -> Iterator[Passage]:
         if len(row) != len(header):
             raise _field_count_error(path, start, len(row), len(header), ",".join(header), ",")
         _check_swallowed_rows(path, start, row, lines, id_col, ",")
-        passage = Passage(id=row[id_col].strip(), text=normalise_text(row[text_col]))
+        passage = Passage(id=row[id_col].strip(), text=normalise(row[text_col]))
         _check_passage(path, start, passage.id, passage.text)
         yield passage
 
 
-def _read_tsv(path: Path) -> Iterator[Passage]:
+def _read_tsv(path: Path, normalise: Callable[[str], str]) -> Iterator[Passage]:
     _raise_field_limit()
     width = None
     for start, row, lines in _Record(path).rows("\t"):
@@ -233,12 +252,12 @@ def _read_tsv(path: Path) -> Iterator[Passage]:
             raise _field_count_error(path, start, len(row), width, f"DPR TSV rows are {shape}", "\t")
         _check_swallowed_rows(path, start, row, lines, 0, "\t")
         title = row[2].strip() if len(row) > 2 else ""
-        passage = Passage(id=row[0].strip(), text=normalise_text(row[1]), title=title)
+        passage = Passage(id=row[0].strip(), text=normalise(row[1]), title=title)
         _check_passage(path, start, passage.id, passage.text)
         yield passage
 
 
-def _read_jsonl(path: Path) -> Iterator[Passage]:
+def _read_jsonl(path: Path, normalise: Callable[[str], str]) -> Iterator[Passage]:
     for line_no, line in enumerate(_lines(path), start=1):
         if not line.strip():
             continue
@@ -253,7 +272,7 @@ def _read_jsonl(path: Path) -> Iterator[Passage]:
         if not isinstance(obj["text"], str):
             raise CorpusError(path, f'"text" must be a string, not {obj["text"]!r}', line=line_no)
         passage = Passage(
-            id=str(obj["id"]).strip(), text=normalise_text(obj["text"]), title=str(obj.get("title") or "")
+            id=str(obj["id"]).strip(), text=normalise(obj["text"]), title=str(obj.get("title") or "")
         )
         _check_passage(path, line_no, passage.id, passage.text)
         yield passage

@@ -59,11 +59,12 @@ def build_index_from_corpus(
     shards: int | str = 1,
     dedup: bool = True,
     prepend_title: bool = False,
+    carriage_returns_to_spaces: bool = False,
     batch_size: int = 1024,
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> KBIndex:
-    """Tokenise a corpus file in batches and index it; see the module docstring for duplicates.
+    r"""Tokenise a corpus file in batches and index it; see the module docstring for duplicates.
 
     Args:
         corpus: a `.csv` (`kid|id,text`), `.tsv` (DPR `id,text,title`) or `.jsonl` corpus file.
@@ -73,6 +74,8 @@ def build_index_from_corpus(
         shards: a number of shards, or "auto".
         dedup: index identical texts once (the paper's policy).
         prepend_title: index "title. text" instead of the text (DPR passages have titles).
+        carriage_returns_to_spaces: also turn `\r` into spaces (the official builder turns only `\n`; see
+            `gemkr_lab.kb.corpus`); recorded in the index's meta.
         batch_size: passages per tokenizer call.
         overwrite: replace an existing index.
         progress: progress bars (default: only on a terminal).
@@ -81,12 +84,13 @@ def build_index_from_corpus(
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
     tok = load_tokenizer(tokenizer)
-    stream = _Dedup(read_corpus(corpus), dedup, prepend_title)
+    stream = _Dedup(read_corpus(corpus, carriage_returns_to_spaces=carriage_returns_to_spaces), dedup, prepend_title)
     extra: dict[str, Any] = {
         "corpus_path": str(Path(corpus).resolve()),
         "tokenizer_path": str(Path(tokenizer).resolve()),
         "dedup_texts": dedup,
         "prepend_title": prepend_title,
+        "carriage_returns_to_spaces": carriage_returns_to_spaces,
     }
     index = build_index(
         tokenize_texts(stream.texts(), tok, batch_size),

@@ -87,13 +87,17 @@ class AnswerRelevance:
         return sum(self.judge(qid, list(dict.fromkeys(ranked))))
 
 
-def texts_for(corpus_path, wanted: Iterable[str]) -> dict[str, str]:
-    """Texts of the wanted passage ids, streaming the corpus once (never loaded whole)."""
+def texts_for(corpus_path, wanted: Iterable[str], *, carriage_returns_to_spaces: bool = False) -> dict[str, str]:
+    r"""Texts of the wanted passage ids, streaming the corpus once (never loaded whole).
+
+    Normalised as the index was built (`gemkr_lab.kb.corpus.normalise_text`): answers are matched in the
+    official texts by default, in texts with `\r` turned into spaces with `carriage_returns_to_spaces`.
+    """
     from gemkr_lab.kb.corpus import read_corpus
 
     want = set(wanted)
     out: dict[str, str] = {}
-    for p in read_corpus(corpus_path):
+    for p in read_corpus(corpus_path, carriage_returns_to_spaces=carriage_returns_to_spaces):
         if p.id in want:
             out[p.id] = p.text
     return out

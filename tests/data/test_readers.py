@@ -68,12 +68,14 @@ def test_gemkr_test_json(tmp_path):
     path.write_text(json.dumps(rows), encoding="utf-8")
     report = ReadReport()
     (q,) = read_gemkr_test_json(path, report)
-    assert (q.qid, q.question, q.answers, q.image_id) == (
+    assert (q.qid, q.question, q.caption, q.answers, q.image_id) == (
         "0",
-        "what sport? a black motorcycle.",
+        "what sport?",
+        "a black motorcycle.",  # split off after the last "? ", so that append_caption can leave it out
         ("racing", "race"),
         rows[0]["image"],
     )
+    assert f"{q.question} {q.caption}" == rows[0]["input"]  # what the official code feeds
     assert report.skipped == {"no answers": 1}
 
 

@@ -127,3 +127,43 @@ def test_error_lines_after_a_multi_line_passage_are_exact(tmp_path):
     f = _write(tmp_path / "c.csv", 'id,text\n1,"one\ntwo\nthree"\n2,ok\n3,a,b\n')
     with pytest.raises(CorpusError, match=r"c\.csv:6: row has 3 fields"):
         list(read_corpus(f))
+
+
+# Carriage returns inside passages (a CRLF file with multi-line quoted texts, a lone \r, \r before the strip).
+CR_CSV = b'kid,text\r\n0,"alpha\r\nbeta"\r\n1,"gamma\rdelta"\r\n2,plain\r\n3," padded\r "\r\n'
+
+
+def _as_the_official_builder_reads(path):
+    """The official index builder's texts, restated: csv read with newline='', then `\\n` -> space, strip."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = [(r[0], r[1].replace("\n", " ").strip()) for r in csv.reader(fh)]
+    return [r for r in rows if r[1] != "text"]
+
+
+def test_carriage_returns_stay_as_in_the_official_index_builder(tmp_path):
+    f = _write(tmp_path / "c.csv", CR_CSV, mode="wb")
+    got = [(p.id, p.text) for p in read_corpus(f)]
+    assert got == _as_the_official_builder_reads(f)
+    assert got == [("0", "alpha\r beta"), ("1", "gamma\rdelta"), ("2", "plain"), ("3", "padded")]
+
+
+def test_carriage_returns_to_spaces_is_the_broader_switch(tmp_path):
+    f = _write(tmp_path / "c.csv", CR_CSV, mode="wb")
+    got = [(p.id, p.text) for p in read_corpus(f, carriage_returns_to_spaces=True)]
+    assert got == [("0", "alpha  beta"), ("1", "gamma delta"), ("2", "plain"), ("3", "padded")]
+    tsv = _write(tmp_path / "c.tsv", b'1\t"a\r\nb"\tT\r\n2\tc\tU\r\n', mode="wb")
+    assert [p.text for p in read_corpus(tsv)] == ["a\r b", "c"]
+    assert [p.text for p in read_corpus(tsv, carriage_returns_to_spaces=True)] == ["a  b", "c"]
+    jsonl = _write(tmp_path / "c.jsonl", '{"id": 1, "text": "x\\ry\\r\\nz\\r"}\n')
+    assert [p.text for p in read_corpus(jsonl)] == ["x\ry\r z"]
+    assert [p.text for p in read_corpus(jsonl, carriage_returns_to_spaces=True)] == ["x y  z"]
+
+
+@pytest.mark.parametrize(("name", "content"), [("c.csv", b"kid,text\n0,ok\n1,foo\rbar\n"), ("c.tsv", b"1\tfoo\rbar\n")])
+def test_a_carriage_return_in_an_unquoted_text_is_named(tmp_path, name, content):
+    f = _write(tmp_path / name, content, mode="wb")
+    line = 3 if name == "c.csv" else 1
+    with pytest.raises(CorpusError, match=rf"c\.{name[2:]}:{line}: a carriage return \(\\r\) inside an unquoted text"):
+        list(read_corpus(f))

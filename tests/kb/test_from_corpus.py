@@ -120,3 +120,25 @@ def test_sharded_cli_build_answers_like_one_shard(tmp_path, tokenizer_dir):
         assert one.count(ids) == three.count(ids) > 0
         np.testing.assert_array_equal(one.docs(ids), three.docs(ids))
         np.testing.assert_array_equal(one.next_tokens(ids), three.next_tokens(ids))
+
+
+def test_index_texts_follow_the_official_builder_unless_switched(tmp_path, tokenizer_dir, capsys):
+    path = tmp_path / "c.csv"
+    path.write_bytes(b'kid,text\r\n0,"the eiffel\r\ntower"\r\n1,"a red\rcircle"\r\n2,"a red circle"\r\n')
+    tok = load_tokenizer(tokenizer_dir)
+
+    def texts(index):
+        return [tok.decode(index.doc_tokens(d).tolist()).lstrip(" ") for d in range(index.n_docs)]
+
+    official = build_index_from_corpus(path, tokenizer_dir, tmp_path / "official", progress=False)
+    assert texts(official) == ["the eiffel\r tower", "a red\rcircle", "a red circle"]
+    assert official.meta["extra"]["carriage_returns_to_spaces"] is False
+    broad = build_index_from_corpus(path, tokenizer_dir, tmp_path / "broad", carriage_returns_to_spaces=True)
+    assert texts(broad) == ["the eiffel  tower", "a red circle"]  # "a red\rcircle" is now a duplicate of 2
+    assert broad.meta["extra"]["carriage_returns_to_spaces"] is True and broad.position("2") == 1
+    args = ["index", "build", str(path), "--tokenizer", str(tokenizer_dir), "--json"]
+    assert main([*args, "--out", str(tmp_path / "cli"), "--carriage-returns-to-spaces"]) == 0
+    capsys.readouterr()
+    assert open_index(tmp_path / "cli").meta["extra"]["carriage_returns_to_spaces"] is True
+    assert main([*args, "--out", str(tmp_path / "cli-official")]) == 0
+    assert open_index(tmp_path / "cli-official").meta["extra"]["carriage_returns_to_spaces"] is False

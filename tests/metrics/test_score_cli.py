@@ -98,3 +98,15 @@ def test_malformed_qrels_and_answers(files, capsys):
     args = ["score", "--run", str(files / "run.txt"), "--answers", str(files / "answers.jsonl")]
     assert main([*args, "--corpus", str(files / "corpus.csv")]) == 2
     assert "answers.jsonl:1:" in capsys.readouterr().err
+
+
+def test_answers_are_matched_in_the_official_texts_unless_switched(tmp_path, capsys):
+    (tmp_path / "run.txt").write_text("q1 Q0 10 1 1 t\n", encoding="utf-8")
+    (tmp_path / "answers.jsonl").write_text('{"qid": "q1", "answers": ["red panda"]}\n', encoding="utf-8")
+    (tmp_path / "corpus.csv").write_bytes(b'kid,text\r\n10,"a red\rpanda"\r\n')  # a lone \r stays, officially
+    args = ["score", "--run", str(tmp_path / "run.txt"), "--answers", str(tmp_path / "answers.jsonl")]
+    args += ["--corpus", str(tmp_path / "corpus.csv"), "--k", "1", "--json"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["R@1"] == 0.0
+    assert main([*args, "--carriage-returns-to-spaces"]) == 0
+    assert json.loads(capsys.readouterr().out)["R@1"] == 1.0
