@@ -2,9 +2,14 @@
 
 Mean ± sample std over the complete seeds with a Student-t 95% interval, the delta to the reference row, two
 paired tests against it (over queries, and over seeds when ≥ 3 are common) with Holm–Bonferroni adjusted p
-beside the raw ones, the paper's numbers with a reproduction status, and cost columns. Every output file says
-what its numbers are. Works on a sweep still running: missing seeds show as `n/N` and are left out of the
-means. The statistics themselves live in `gemkr_lab.report.stats`.
+beside the raw ones, the published numbers with their source and a reproduction status, and cost columns. Every
+output file says what its numbers are. Works on a sweep still running: missing seeds show as `n/N` and are left
+out of the means. The statistics themselves live in `gemkr_lab.report.stats`.
+
+Published numbers (`gemkr_lab.config.published`) sit on the row of the variant they came from and are graded
+there only when first hand (the paper's table, an official file): OK / OK-ish / FAIL. A second-hand or
+unsourced number shows its distance and never FAILs. The rows named `beside` show the same number with their
+distance to it, not graded. Each number's source is a numbered note under the table.
 """
 
 import html
@@ -14,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gemkr_lab.config.published import FIRST_HAND, KIND_NAMES, Published, PublishedError, read_published
 from gemkr_lab.kb.storage import write_json, write_text
 from gemkr_lab.report.stats import (
     MIN_SEEDS_FOR_SEED_TEST,
@@ -89,18 +95,90 @@ def _reproduction(ours: float, paper: float) -> str:
     return "OK" if gap <= TOLERANCE["ok"] else "OK-ish" if gap <= TOLERANCE["ok-ish"] else "FAIL"
 
 
+def reproduction_status(ours: float, published: Published) -> str:
+    """OK / OK-ish / FAIL for a first-hand number; for another, its distance, marked as not graded."""
+    if published.first_hand:
+        return _reproduction(ours, published.value)
+    gap = abs(ours - published.value)
+    within = next((f"within {t:g}" for t in TOLERANCE.values() if gap <= t), f"off by {gap:.1f}")
+    return f"{'2nd-hand' if published.kind == 'second-hand' else published.kind}: {within}, not graded"
+
+
+def _published(sweep: GridSweep) -> dict:
+    """The sweep's published numbers, checked; an error names the sweep."""
+    try:
+        return read_published(sweep.paper)
+    except PublishedError as exc:
+        raise PublishedError(f"sweep {sweep.name}: {exc}") from None
+
+
+def published_rows(sweep: GridSweep) -> dict[str, dict[str, tuple[Published, str]]]:
+    """Per cell and metric, the published number its row shows and the cell it was published for.
+
+    A cell shows its own numbers; a cell named `beside` another shows that one's (its own win where both are).
+    """
+    rows: dict[str, dict[str, tuple[Published, str]]] = {}
+    entries = _published(sweep)
+    for cell, entry in entries.items():
+        for m, pub in entry.numbers.items():
+            rows.setdefault(cell, {})[m] = (pub, cell)
+    for cell, entry in entries.items():
+        for other in entry.beside:
+            for m, pub in entry.numbers.items():
+                rows.setdefault(other, {}).setdefault(m, (pub, cell))
+    return rows
+
+
+def _sources(sweep: GridSweep) -> tuple[dict[tuple[str, str], int], list[str]]:
+    """Numbered notes naming each published number's source: ({(cell, metric): note number}, note lines).
+
+    Numbers of one cell with the same source, kind and note share a note.
+    """
+    refs: dict[tuple[str, str], int] = {}
+    groups: dict[tuple, list[tuple[str, Published]]] = {}
+    entries = _published(sweep)
+    for cell, entry in entries.items():
+        for m, pub in entry.numbers.items():
+            groups.setdefault((cell, pub.source, pub.kind, pub.note), []).append((m, pub))
+    lines = []
+    for i, ((cell, source, kind, note), numbers) in enumerate(groups.items(), start=1):
+        for m, _ in numbers:
+            refs[cell, m] = i
+        entry = entries[cell]
+        what = ", ".join(f"{m} {pub.value:g}" for m, pub in numbers)
+        graded = "first hand, graded" if kind in FIRST_HAND else "not graded"
+        if kind == "unsourced":
+            line = f"[{i}] {what}: published for {cell}. Source not given (the old flat form; {graded})."
+        else:
+            line = f"[{i}] {what}: published for {cell}. Source ({KIND_NAMES[kind]}; {graded}): {source}."
+        if cell not in sweep.cells:
+            line += " That cell is not in this sweep, so nothing is compared with it."
+        if entry.beside:
+            missing = [b for b in entry.beside if b not in sweep.cells]
+            line += f" Shown beside (distance only, not graded): {', '.join(entry.beside)}."
+            if missing:
+                line += f" Not in this sweep: {', '.join(missing)}."
+        for caveat in (n for n in (entry.note, note) if n):
+            line += f" Note: {caveat}"
+        lines.append(line)
+    return refs, lines
+
+
 def statistics(sweep: GridSweep, frame: pd.DataFrame, significance_metric: str = "R@5") -> pd.DataFrame:
     """The ablation table in numbers, one row per cell (written as table.csv).
 
     Columns: `n seeds` (complete, used) and `N seeds` (planned); per metric (in %) `<m> mean`,
     `<m> sample std` (ddof 1), `<m> ci95 low (t)` and `<m> ci95 high (t)` (Student t, n − 1 df), `Δ<m>` (mean
-    minus the reference's), `paper <m>` and `paper <m> status`; the p columns of `p_columns` (raw, and Holm
-    adjusted across the ablation rows of this table); costs.
+    minus the reference's), `paper <m>` (a published number), `paper <m> status` (see `reproduction_status`; on
+    a row shown beside another variant's number: not graded), `paper <m> kind`, `paper <m> source` and `paper <m>
+    of` (the cell it was published for); the p columns of `p_columns` (raw, and Holm adjusted across the ablation
+    rows of this table); costs.
     """
     ref = sweep.reference or sweep.cells[0]
     done = frame[frame.status == "complete"]
     ref_runs = done[done.cell == ref]
     cols = p_columns(significance_metric, ref)
+    published = published_rows(sweep)
     rows = []
     for cell in sweep.cells:
         runs = done[done.cell == cell]
@@ -118,11 +196,14 @@ def statistics(sweep: GridSweep, frame: pd.DataFrame, significance_metric: str =
                 ref_values = ref_runs[m].dropna() if m in ref_runs else pd.Series(dtype=float)
                 if cell != ref and len(ref_values):
                     row[f"Δ{m}"] = float(values.mean() - ref_values.mean())
-            paper = sweep.paper.get(cell, {}).get(m)
-            if paper is not None:
-                row[f"paper {m}"] = float(paper)
-                if values.size:
-                    row[f"paper {m} status"] = _reproduction(float(values.mean()), paper)
+            if m in published.get(cell, {}):
+                pub, of = published[cell][m]
+                row |= {f"paper {m}": pub.value, f"paper {m} kind": pub.kind, f"paper {m} source": pub.source}
+                row[f"paper {m} of"] = of
+                if of != cell:
+                    row[f"paper {m} status"] = f"not graded: published for {of}"
+                elif values.size:
+                    row[f"paper {m} status"] = reproduction_status(float(values.mean()), pub)
         if cell != ref and len(runs):
             a, b = _per_query(frame, cell, significance_metric), _per_query(frame, ref, significance_metric)
             common = a.index.intersection(b.index)
@@ -146,7 +227,11 @@ def statistics(sweep: GridSweep, frame: pd.DataFrame, significance_metric: str =
     for m in METRICS:
         per_metric = ("mean", "sample std", "ci95 low (t)", "ci95 high (t)")
         order += [
-            c for c in [f"{m} {k}" for k in per_metric] + [f"Δ{m}", f"paper {m}", f"paper {m} status"] if c in table
+            c
+            for c in [f"{m} {k}" for k in per_metric]
+            + [f"Δ{m}"]
+            + [f"paper {m}{k}" for k in ("", " status", " kind", " source", " of")]
+            if c in table
         ]
     order += [c for c in cols.values() if c in table] + [c for c in COSTS if c in table]
     return table[order]
@@ -167,8 +252,12 @@ def notes(sweep: GridSweep, significance_metric: str = "R@5", metrics: tuple[str
         f"(only with ≥ {MIN_SEEDS_FOR_SEED_TEST} seeds complete in both rows).",
         "Holm: Holm–Bonferroni adjusted p across the ablation rows of this table tested against the reference "
         "(raw p beside it).",
-        f"paper: the published number; |ours − paper| ≤ {TOLERANCE['ok']:g} point OK, "
-        f"≤ {TOLERANCE['ok-ish']:g} OK-ish, else FAIL.",
+        f"paper: a published number [source note], on the row of the variant it came from. Only a first-hand "
+        f"number (the paper's own table, or a file of the official release) is graded: |ours − paper| ≤ "
+        f"{TOLERANCE['ok']:g} point OK, ≤ {TOLERANCE['ok-ish']:g} OK-ish, else FAIL. A second-hand or unsourced "
+        "number shows its distance and is never graded; a row shown beside another variant's number shows "
+        "Δ (ours − published), not graded.",
+        *_sources(sweep)[1],
     ]
 
 
@@ -179,6 +268,7 @@ def _num(x, spec: str) -> str:
 def _shown(sweep: GridSweep, numbers: pd.DataFrame, significance_metric: str = "R@5") -> pd.DataFrame:
     """The table as shown (Markdown, LaTeX, HTML, console) from `statistics`; notes in `attrs['notes']`."""
     shown = pd.DataFrame({"cell": numbers["cell"]})
+    refs, _ = _sources(sweep)
     shown["seeds"] = [f"{n}/{total}" for n, total in zip(numbers["n seeds"], numbers["N seeds"], strict=True)]
     col = lambda name: numbers[name] if name in numbers else pd.Series([np.nan] * len(numbers))  # noqa: E731
     for m in METRICS:
@@ -195,8 +285,15 @@ def _shown(sweep: GridSweep, numbers: pd.DataFrame, significance_metric: str = "
             shown[f"Δ{m}"] = [_num(x, "+.1f") for x in numbers[f"Δ{m}"]]
         if f"paper {m}" in numbers:
             shown[f"paper {m}"] = [
-                "" if pd.isna(p) else f"{p:.1f}" if pd.isna(st) else f"{p:.1f} ({st})"
-                for p, st in zip(numbers[f"paper {m}"], col(f"paper {m} status"), strict=True)
+                _shown_paper(p, st, of, cell, mu, refs.get((of, m)))
+                for cell, p, st, of, mu in zip(
+                    numbers["cell"],
+                    numbers[f"paper {m}"],
+                    col(f"paper {m} status"),
+                    col(f"paper {m} of"),
+                    col(f"{m} mean"),
+                    strict=True,
+                )
             ]
     for name in p_columns(significance_metric, sweep.reference or sweep.cells[0]).values():
         if name in numbers:
@@ -206,6 +303,17 @@ def _shown(sweep: GridSweep, numbers: pd.DataFrame, significance_metric: str = "
             shown[name] = [_num(x, spec) for x in numbers[name]]
     shown.attrs["notes"] = notes(sweep, significance_metric, tuple(m for m in METRICS if m in shown) or METRICS)
     return shown
+
+
+def _shown_paper(value, status, of, cell: str, mean, ref: int | None) -> str:
+    """'49.1 (OK) [1]' on the row it was published for; '49.1 of official-code [1]: Δ −2.1' on a row beside."""
+    if pd.isna(value):
+        return ""
+    note = f" [{ref}]" if ref is not None else ""
+    if isinstance(of, str) and of != cell:
+        delta = "" if pd.isna(mean) else f": Δ {mean - value:+.1f}"
+        return f"{value:.1f} of {of}{note}{delta}"
+    return f"{value:.1f}{note}" if pd.isna(status) else f"{value:.1f} ({status}){note}"
 
 
 def summarize(sweep: GridSweep, frame: pd.DataFrame, significance_metric: str = "R@5") -> pd.DataFrame:

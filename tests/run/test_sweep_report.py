@@ -162,12 +162,19 @@ def test_two_workers_on_postgresql_run_every_cell_once(tmp_path, tiny_world):
 def test_reproduction_status_against_the_paper():
     import pandas as pd
 
-    from gemkr_lab.report.table import summarize
+    from gemkr_lab.report.table import statistics, summarize
     from gemkr_lab.sweep.grid import GridSweep
 
-    sweep = GridSweep(
-        "p", "runs/p", ("a", "b"), (0, 1), reference="a", paper={"a": {"R@5": 78.6, "P@5": 49.1, "R@10": 86.2}}
-    )
+    paper = {
+        "a": {
+            "P@5": {"value": 49.1, "kind": "official-file", "source": "results_p5: 0.491.json"},
+            "R@5": {"value": 78.6, "kind": "paper", "source": "Table 2"},
+            "MRR@10": {"value": 10.0, "kind": "paper", "source": "Table 2"},
+            "R@10": {"value": 86.2, "kind": "second-hand", "source": "ReAuSE Table 4, citing GeMKR"},
+            "beside": ["b"],
+        }
+    }
+    sweep = GridSweep("p", "runs/p", ("a", "b"), (0, 1), reference="a", paper=paper)
     pq = {"q1": {"P@5": 0.2, "R@5": 1.0, "R@10": 1.0, "MRR@10": 1.0}}
     frame = pd.DataFrame(
         [
@@ -202,7 +209,32 @@ def test_reproduction_status_against_the_paper():
     )
     table = summarize(sweep, frame).set_index("cell")
     assert table.loc["a", "seeds"] == "1/2"  # a partial table while the sweep runs
-    assert table.loc["a", "paper R@5"] == "78.6 (OK)"  # |78.0 - 78.6| <= 1
-    assert table.loc["a", "paper P@5"] == "49.1 (OK-ish)"  # 1.4 points
-    assert table.loc["a", "paper R@10"] == "86.2 (FAIL)"  # 6.2 points
+    # first-hand numbers are graded on the row they were published for; [n] is the note naming the source
+    assert table.loc["a", "paper P@5"] == "49.1 (OK-ish) [1]"  # 1.4 points
+    assert table.loc["a", "paper R@5"] == "78.6 (OK) [2]"  # |78.0 - 78.6| <= 1
+    assert table.loc["a", "paper MRR@10"] == "10.0 (FAIL) [2]"  # 9 points off a first-hand number
+    # a second-hand number 6.2 points off is marked as such and never FAILs
+    assert table.loc["a", "paper R@10"] == "86.2 (2nd-hand: off by 6.2, not graded) [3]"
+    # the row shown beside: the distance to the number of the variant it came from, not graded
+    assert table.loc["b", "paper P@5"] == "49.1 of a [1]: Δ -9.1"
+    assert table.loc["b", "paper R@10"] == "86.2 of a [3]: Δ -6.2"
     assert table.loc["b", "ΔR@5"] == "-8.0"
+    notes = summarize(sweep, frame).attrs["notes"]
+    assert (
+        "[1] P@5 49.1: published for a. Source (a file of the official release; first hand, graded): "
+        "results_p5: 0.491.json. Shown beside (distance only, not graded): b." in notes
+    )
+    assert any(n.startswith("[2] R@5 78.6, MRR@10 10: published for a. Source (the paper's own") for n in notes)
+    assert any(n.startswith("[3] R@10 86.2: published for a. Source (second-hand; not graded): ReAuSE") for n in notes)
+
+    numbers = statistics(sweep, frame).set_index("cell")
+    assert numbers.loc["a", "paper R@10 status"] == "2nd-hand: off by 6.2, not graded"
+    assert numbers.loc["a", "paper P@5 kind"] == "official-file" and numbers.loc["b", "paper P@5 of"] == "a"
+    assert numbers.loc["b", "paper P@5 status"] == "not graded: published for a"
+    assert not (numbers.filter(like="status") == "FAIL").loc["b"].any()
+
+    # the old flat form still reads, as unsourced numbers that are not graded
+    flat = GridSweep("p", "runs/p", ("a", "b"), (0, 1), reference="a", paper={"a": {"R@10": 86.2}})
+    shown = summarize(flat, frame)
+    assert shown.set_index("cell").loc["a", "paper R@10"] == "86.2 (unsourced: off by 6.2, not graded) [1]"
+    assert "[1] R@10 86.2: published for a. Source not given (the old flat form; not graded)." in shown.attrs["notes"]
