@@ -25,9 +25,9 @@ from gemkr_lab.data.clue_targets import ClueFinder, ClueStats
 from gemkr_lab.data.datasets import Dataset
 from gemkr_lab.data.queries import DataError, ReadReport
 from gemkr_lab.data.regions import YoloDetector, ground_truth_regions, save_regions
+from gemkr_lab.io import write_json, write_jsonl
 from gemkr_lab.kb import open_index
 from gemkr_lab.kb.from_corpus import build_index_from_corpus
-from gemkr_lab.kb.storage import write_json
 from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint
 from gemkr_lab.metrics.relevance import texts_for
 
@@ -192,7 +192,7 @@ class Preparer:
         for split in splits:
             report = ReadReport()
             queries = self.dataset.queries(split, report)
-            _write_jsonl(self.out / f"queries_{split}.jsonl", (asdict(q) for q in queries))
+            write_jsonl(self.out / f"queries_{split}.jsonl", (asdict(q) for q in queries))
             source = f" {self.dataset.test_source_note(self.config.gs112k_test_queries)}" if split == "test" else ""
             parts.append(f"{split}: {report.describe()}{source}")
             if split == "test" and self.dataset.layout.gemkr_test is not None:
@@ -252,7 +252,7 @@ class Preparer:
                 )
             stats.queries_without_clue += not found
         summary = stats.summary() | {"relevant_passages_absent_from_corpus": missing}
-        _write_jsonl(self.out / "instructions_train.jsonl", rows)
+        write_jsonl(self.out / "instructions_train.jsonl", rows)
         write_json(self.out / "clue_stats.json", summary)
         return (
             f"{stats.with_clue}/{stats.pairs} pairs with a clue ({summary['coverage']:.1%}), "
@@ -289,14 +289,6 @@ class Preparer:
                     counts.append(len(regions))
         empty = sum(1 for c in counts if c == 0)
         return f"{len(todo)} images detected ({len(image_ids) - len(todo)} cached), {empty} without any region"
-
-
-def _write_jsonl(path: Path, rows) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r) + "\n")
-    tmp.replace(path)
 
 
 def _quiet(progress: bool | None) -> bool | None:

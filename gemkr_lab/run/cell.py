@@ -220,7 +220,8 @@ def relevance_for(config: ExperimentConfig, ranked: dict[str, list[str]]):
     if layout.relevance == "gold":
         return QrelsRelevance({r["qid"]: {p: 1 for p in r["positives"]} for r in rows})
     corpus = Dataset(config.data.dataset, config.data_root).corpus
-    texts = texts_for(corpus, {d for docs in ranked.values() for d in docs})
+    wanted = {d for docs in ranked.values() for d in docs}
+    texts = texts_for(corpus, wanted, carriage_returns_to_spaces=config.data.carriage_returns_to_spaces)
     return AnswerRelevance({r["qid"]: list(r["answers"]) for r in rows}, texts, layout.match)
 
 

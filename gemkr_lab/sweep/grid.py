@@ -171,12 +171,12 @@ def run_sweep(
         gpus_per_trial: GPUs per run, pinned through CUDA_VISIBLE_DEVICES.
         progress: progress bar (default: only on a terminal).
     """
+    store = study_mod.open_storage(storage, Path(sweep.root))  # an unreachable storage stops us before any work
     plan = {}  # each distinct data variant is prepared once, before any cell runs
     for cell in sweep.cells:
         for seed in sweep.seeds:
             config, overrides = cell_run(sweep, cell, seed, prepare=True)
             plan[cell, seed] = (overrides, run_fingerprint(config))
-    store = study_mod.open_storage(storage, Path(sweep.root))
     study = study_mod.grid_study(sweep.name, store, sweep.cells, sweep.seeds, sweep.overrides, new_study)
     study_mod.requeue_stale(study, store, retries)
     _queue_changed_configs(study, store, plan)

@@ -121,7 +121,6 @@ def test_cross_field_rules_name_the_key():
         ("data.clue_min_tokens=10", "data.clue_min_tokens"),
         ("model.prefix_layers=5", "model.prefix_layers"),  # tiny-vit has 4 blocks
         ("model.object_tokens=11", "model.object_tokens"),
-        ("train.min_lr=1", "train.min_lr"),
         ("model.tiny_llm.num_key_value_heads=3", "model.tiny_llm.num_key_value_heads"),
         ("data.detector=yolo", "data.yolo_weights"),
         ("model.vision_model=ViT-Nope", "model.vision_model"),
@@ -183,7 +182,7 @@ def test_the_cli_refuses_before_any_work(tmp_path, override, capsys):
 def test_the_cli_refusal_is_one_line_in_a_fresh_process(tmp_path):
     root = tmp_path / "runs"
     proc = subprocess.run(
-        [sys.executable, "-m", "gemkr_lab.cli", "train", "tiny-cpu/no-gate", "model.use_gate=nope", "--root", str(root)],
+        [sys.executable, "-m", "gemkr_lab.cli", "train", "tiny-cpu/no-gate", "model.use_gate=nope", f"--root={root}"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

@@ -9,7 +9,7 @@ from gemkr_lab.baselines import bm25_search, kb_passages
 from gemkr_lab.config import DataConfig
 from gemkr_lab.data.clue_targets import ClueFinder
 from gemkr_lab.data.datasets import Dataset
-from gemkr_lab.data.prepare import Preparer
+from gemkr_lab.data.prepare import Preparer, read_stamp, stamp_differences
 from gemkr_lab.data.prompt import IMAGE_PLACEHOLDER, TEMPLATE, build_prompt
 from gemkr_lab.data.regions import load_regions
 from gemkr_lab.data.world import make_world
@@ -113,6 +113,10 @@ def test_prepare_outputs_and_idempotence(world, prepared):
     }
     forced = Preparer(DataConfig(clue_max_tokens=5), world, prepared, force=True, progress=False).run()
     assert [s["status"] for s in forced] == ["made"] * 4
+    stamp = read_stamp(prepared)  # the folder says what it was prepared with
+    assert stamp["settings"]["clue_max_tokens"] == 5 and stamp["settings"]["detector"] == "ground_truth"
+    assert stamp_differences(stamp, DataConfig(clue_max_tokens=5)) == []
+    assert stamp_differences(stamp, DataConfig()) == [("clue_max_tokens", 5, 9)]
 
 
 def test_relevant_passages_absent_from_the_corpus_are_counted(world, tmp_path):

@@ -45,7 +45,7 @@ def test_evaluate_refuses_overrides_outside_decoding(tmp_path, tiny_overrides):
     for bad in ("model.use_gate=false", "train.lr=0.1", "data.append_caption=false"):
         with pytest.raises(ConfigError, match=f"not accepted: {bad}"):
             evaluate_cell(run, [bad])
-    with pytest.raises(ConfigError, match="decoding.num_groups = 0"):
+    with pytest.raises(ConfigError, match=r"decoding\.num_groups = 0"):
         evaluate_cell(run, ["decoding.num_groups=0"])
     assert not (run / "eval").exists()
 
@@ -69,7 +69,7 @@ def test_a_changed_config_is_a_new_run_never_the_old_metrics(tmp_path, tiny_over
 
 
 def test_evaluate_needs_a_trained_run(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no trained run of tiny-cpu/full seed 3"):
+    with pytest.raises(FileNotFoundError, match=r"no trained run of tiny-cpu/full seed 3"):
         find_run("tiny-cpu/full", 3, tmp_path)
 
 
@@ -101,7 +101,7 @@ def test_another_tokenizer_than_the_prepared_one_is_refused(tmp_path, tiny_overr
     vocab["model"]["vocab"]["zzzz-new-token"] = max(vocab["model"]["vocab"].values()) + 1
     (other / "tokenizer.json").write_text(json.dumps(vocab))
     config = _config(tiny_overrides, f"tokenizer={other}")
-    with pytest.raises(DataError, match="another tokenizer than the one .* was prepared with"):
+    with pytest.raises(DataError, match=r"another tokenizer than the one .* was prepared with"):
         run_cell(config, 0, tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
 

@@ -1,6 +1,7 @@
 """A sweep's results belong to its current configs: changed cells rerun, data variants are prepared once."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -44,7 +45,8 @@ def test_a_changed_cell_reruns_and_the_report_shows_only_the_current_run(tmp_pat
     old = current_run(sweep, "tiny-cpu/full", 0)
     old_metrics = json.loads((old / "metrics.json").read_text())["means"]
 
-    changed = load_sweep(_write(tmp_path, tiny_world, ["tiny-cpu/full"], ["train.max_steps=12", "model.use_gate=false"]))
+    new_overrides = ["train.max_steps=12", "model.use_gate=false"]
+    changed = load_sweep(_write(tmp_path, tiny_world, ["tiny-cpu/full"], new_overrides))
     assert pending(changed) == [("tiny-cpu/full", 0)]  # the old run is not this config's result
     with pytest.raises(ConfigError, match="--new-study"):
         run_sweep(changed, progress=False)
@@ -79,10 +81,10 @@ def test_clue_length_5_trains_on_5_token_targets_and_decodes_5(tmp_path, tiny_wo
     assert read_manifest(run)["prepared"]["path"] == config.prepared
     used = yaml.safe_load((run / "config.yaml").read_text())
     assert used["data"]["clue_max_tokens"] == 5 and used["decoding"]["max_clue_tokens"] == 5
-    rows = [json.loads(x) for x in open(f"{config.prepared}/instructions_train.jsonl")]
+    rows = [json.loads(x) for x in Path(config.prepared, "instructions_train.jsonl").read_text().splitlines()]
     lengths = [len(r["clue_tokens"]) for r in rows]
     assert lengths and max(lengths) == 5  # the targets it trained on
-    full_rows = [json.loads(x) for x in open(f"{full.prepared}/instructions_train.jsonl")]
+    full_rows = [json.loads(x) for x in Path(full.prepared, "instructions_train.jsonl").read_text().splitlines()]
     assert max(len(r["clue_tokens"]) for r in full_rows) > 5  # the default targets are longer
     records = [json.loads(x) for x in (run / "records.jsonl").read_text().splitlines()]
     assert max(len(c["tokens"]) for r in records for c in r["clues"]) <= 5  # and what it decoded
