@@ -46,8 +46,12 @@ def test_per_query_file(files, capsys):
     out = files / "pq.json"
     args = ["score", "--run", str(files / "run.txt"), "--qrels", str(files / "qrels.txt"), "--per-query", str(out)]
     assert main(args) == 0
-    assert json.loads(out.read_text())["per_query"]["q1"]["MRR@10"] == pytest.approx(1 / 3)
-    assert "P@5" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["per_query"]["q1"]["MRR@10"] == pytest.approx(1 / 3)
+    assert saved["per_query"]["q2"]["R@5"] == 0.0 and saved["per_query"]["q3"]["R@5"] == 0.0
+    assert saved["means"]["R@5"] == pytest.approx(1 / 3)  # the mean of the per-query values
+    printed = dict(line.split() for line in capsys.readouterr().out.splitlines()[1:])
+    assert printed["R@5"] == "0.3333" and printed["P@5"] == f"{1 / 5 / 3:.4f}" and printed["MRR@10"] == "0.1111"
 
 
 @pytest.mark.parametrize(
