@@ -50,6 +50,14 @@ class DataConfig:
     zero_region_features_at_test: bool = False
     """Reproduce the official code's bug: region features are silently all zero at test time (its test
     loader groups feature files by the wrong key), while training sees them (gemkr_spec.md §7)."""
+    object_order: Literal["confidence", "shuffled"] = "confidence"
+    """Ablation "object order" (which objects fill the prefix slots, and so which 2 reach the LLM): confidence =
+    best detection first (the harness's fix); shuffled = a fixed arbitrary order per image, standing for the
+    official code's `os.listdir` order, which is arbitrary and filesystem-dependent (gemkr_spec.md §2.2, §7)."""
+    augment_train_images: bool = False
+    """Deviation "training augmentation": training images get the official RandomResizedCrop (scale 0.5-1.0,
+    bicubic) + CLIP normalisation (paper presets: on); off = the eval transform (resize) for training too.
+    Test images and region crops always get the eval transform."""
 
     def __post_init__(self) -> None:
         check_fields(self)

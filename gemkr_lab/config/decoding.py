@@ -45,6 +45,16 @@ class DecodingConfig:
     ends the clue, looked up anywhere (the spec's "generate freely, then exact substring lookup"; models learn
     mid-document spans followed by EOS). Constrained decoding always matches such a clue at a document's end,
     as the official code: the KB allows EOS only where the clue ends a document."""
+    allow_bos_eos_first_token: bool = False
+    """Ablation "official step 0": a clue's first token may also be BOS (the clue must then begin a document:
+    the official KB stores BOS + document + EOS) or EOS (an empty clue, which constrained decoding looks up as
+    "a document's end", i.e. the first document), as the official allowed-token function permits (gemkr_spec.md
+    §4.2, §7 bug 7). Off = the harness's fix: a clue never starts with EOS, nor (constrained) with BOS; a freely
+    generated BOS is a plain token, which no document contains. BOS counts towards the length cap, as there."""
+    llm_in_8bit: bool = False
+    """Ablation "8-bit evaluation": decode with the LLM's linear layers quantised to 8 bits (bitsandbytes LLM.int8,
+    a CUDA device needed), as the official evaluation loads LLaMA (`low_resource`) after fp16 training; off =
+    decode with the weights as trained (`model.llm_dtype`)."""
     docs_per_clue_limit: Annotated[int, AtLeast(1)] = 1000
     """Occurrences located per clue at most (SEAL's cap; frequent clues carry little evidence)."""
     check_top_m: Annotated[int, AtLeast(1)] = 64

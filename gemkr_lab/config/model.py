@@ -68,6 +68,10 @@ class ModelConfig:
     train_vision: bool = False
     """Deviation for tiny CPU presets: train the vision tower, since random weights carry no knowledge.
     The paper keeps it frozen."""
+    vision_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Deviation "vision-tower precision": dtype of the frozen tower's linear and convolution weights, which then
+    runs under autocast in that dtype (official: float16, its `convert_weights_to_fp16`; paper presets: float16).
+    Norms, embeddings, prefixes and gates stay float32."""
     use_object_prefix: bool = True
     """Ablation "without object prefix": off = no prefixes, no gates, the LLM sees only the CLS token."""
     use_object_features: bool = True
@@ -121,5 +125,7 @@ class ModelConfig:
             )
         if self.prefix_layers is not None and self.prefix_layers > depth:
             raise FieldError("prefix_layers", self.prefix_layers, f"<= {depth}, the depth of {self.vision_model}")
+        if self.train_vision and self.vision_dtype != "float32":
+            raise FieldError("vision_dtype", self.vision_dtype, "float32 when train_vision is on (a trained tower)")
         if self.load_in_8bit and self.llm == "tiny-llama":
             raise FieldError("load_in_8bit", True, "false for the random tiny-llama (8-bit loads a checkpoint)")

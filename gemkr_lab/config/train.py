@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from gemkr_lab.config.checks import POSITIVE, AtLeast, FieldError, check_fields
+from gemkr_lab.config.checks import POSITIVE, AtLeast, check_fields
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,13 @@ class TrainConfig:
     warmup_start_lr: Annotated[float, AtLeast(0)] = 1e-6
     """Learning rate at step 0 of the linear warmup."""
     warmup_steps: Annotated[int, AtLeast(0)] = 200
-    """Warmup steps (optimizer steps)."""
+    """Warmup length, counted in `warmup_unit`s (official: 200 iterations, i.e. micro-batches)."""
+    warmup_unit: Literal["optimizer_steps", "micro_batches"] = "optimizer_steps"
+    """Deviation "warmup unit": what the schedule counts. optimizer_steps = warmup over `warmup_steps` optimizer
+    steps, cosine over `max_steps`; micro_batches = the official runner's iterations: the schedule is stepped per
+    micro-batch, so warmup spans `warmup_steps` micro-batches (100 optimizer steps at accumulation 2) and the
+    cosine `max_steps` x `accumulate_grad_batches` micro-batches, each optimizer step taking the rate of its last
+    micro-batch (paper presets: micro_batches)."""
     max_steps: Annotated[int, AtLeast(1)] = 6000
     """Optimizer steps in total (official: 5 x 2400 micro-batches / 2 accumulation)."""
     batch_size: Annotated[int, AtLeast(1)] = 12
@@ -27,7 +33,11 @@ class TrainConfig:
     weight_decay: Annotated[float, AtLeast(0)] = 0.05
     """AdamW decay on parameters with >= 2 dimensions; none on biases and 1-D parameters."""
     gradient_clip_val: Annotated[float, POSITIVE] | None = 1.0
-    """Gradient-norm clipping (None = off; the official code does not clip)."""
+    """Deviation "gradient clipping": clip the gradient norm at this value; None = off, as the official code
+    (paper presets: None; tiny CPU runs keep 1.0)."""
+    drop_last: bool = False
+    """Deviation "drop_last": drop each epoch's last incomplete micro-batch, as the official DataLoader does
+    (paper presets: on); off = train on it too."""
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     """Lightning precision (official: fp16 autocast)."""
     strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = "auto"
@@ -44,6 +54,4 @@ class TrainConfig:
     """DataLoader workers."""
 
     def __post_init__(self) -> None:
-        check_fields(self)
-        if self.min_lr > self.lr:
-            raise FieldError("min_lr", self.min_lr, f"<= lr ({self.lr})")
+        check_fields(self)  # min_lr > lr is allowed: a search over lr must not trip over the preset's floor

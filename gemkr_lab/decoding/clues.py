@@ -6,13 +6,15 @@ Policies (`DecodingConfig.clue_to_docs`):
   the answer independent of the index backend. Ambiguous 9-token clues are rare.
 - `unique`: a clue found in more than one document retrieves nothing (the paper's description).
 - `all`: every containing document; clues by score, ties by fewer occurrences first.
-The ranked list is deduplicated in clue-score order.
+The ranked list is deduplicated in clue-score order. A clue that began with BOS (`allow_bos_eos_first_token`)
+retrieves the documents that begin with the rest of it.
 """
 
 from dataclasses import asdict, dataclass, field
 
 from gemkr_lab.config.decoding import DecodingConfig
 from gemkr_lab.decoding.search import Hypothesis
+from gemkr_lab.decoding.starts import DocumentStarts
 from gemkr_lab.kb.index import KBIndex
 
 
@@ -49,19 +51,32 @@ class QueryRecord:
 
 
 def map_clues(
-    hypotheses: list[Hypothesis], index: KBIndex, config: DecodingConfig, decode=None
+    hypotheses: list[Hypothesis],
+    index: KBIndex,
+    config: DecodingConfig,
+    decode=None,
+    starts: DocumentStarts | None = None,
 ) -> tuple[list[ClueRecord], list[int]]:
-    """Look each clue up and rank documents by the policy; returns the clue records and the ranked list."""
+    """Look each clue up and rank documents by the policy; returns the clue records and the ranked list.
+
+    `starts` (the search's) looks up the clues that began with BOS.
+    """
     records = []
     for h in hypotheses:
-        key = list(h.tokens)
+        key = list(h.tokens[1:] if h.starts_document else h.tokens)
         # a generated EOS restricts the match to documents' ends: always when constrained (the KB allowed EOS
         # only there, and the official code keeps it); unconstrained only on request, since a free clue's EOS
         # just ends the clue (models learn mid-document spans followed by EOS)
         if h.ended_with_eos and (config.constrained or config.unconstrained_eos_at_document_end):
             key.append(index.eos_id)
-        count = index.count(key) if key else 0  # 0 for ids outside the KB's vocabulary too
-        found = index.docs(key, limit=config.docs_per_clue_limit).tolist() if count else []
+        if h.starts_document:
+            if starts is None:
+                raise ValueError("a clue that began with BOS needs the documents' starts (SearchResult.starts)")
+            begin = starts.docs(key)  # each document begins once: occurrences are documents
+            count, found = len(begin), begin[: config.docs_per_clue_limit].tolist()
+        else:
+            count = index.count(key) if key else 0  # 0 for ids outside the KB's vocabulary too
+            found = index.docs(key, limit=config.docs_per_clue_limit).tolist() if count else []
         if config.clue_to_docs == "first":
             docs = found[:1]
         elif config.clue_to_docs == "unique":

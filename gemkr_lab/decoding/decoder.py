@@ -11,6 +11,7 @@ from gemkr_lab.config.decoding import DecodingConfig
 from gemkr_lab.decoding.clues import QueryRecord, map_clues
 from gemkr_lab.decoding.constraint import IndexConstraint
 from gemkr_lab.decoding.search import beam_search
+from gemkr_lab.decoding.starts import DocumentStarts
 from gemkr_lab.io import write_jsonl
 from gemkr_lab.kb.index import KBIndex
 from gemkr_lab.metrics.trec import write_run
@@ -32,6 +33,9 @@ class ClueDecoder:
         self.config = config
         self.tokenizer = tokenizer
         self._constraint: IndexConstraint | None = None
+        self._starts: DocumentStarts | None = None  # built by the search when clues may begin with BOS
+        bos = getattr(tokenizer, "bos_token_id", None)
+        self._bos_id = bos if bos is not None else getattr(getattr(model, "config", None), "bos_token_id", None)
 
     def _constraint_for(self, vocab: int) -> IndexConstraint:
         if self._constraint is None or self._constraint.vocab_size != vocab:
@@ -61,7 +65,10 @@ class ClueDecoder:
             attention_mask=attention_mask,
             index=self.index,
             constraint=constraint,
+            bos_id=self._bos_id,
+            starts=self._starts,
         )
+        self._starts = result.starts
         decode = (lambda ids: self.tokenizer.decode(ids)) if self.tokenizer is not None else None
         records = []
         elapsed = time.perf_counter() - started
@@ -71,7 +78,7 @@ class ClueDecoder:
             "index_ms": 1000 * ((constraint.seconds - index_before) if constraint else 0.0) / len(qids),
         }
         for qid, hyps in zip(qids, result.hypotheses, strict=True):
-            clues, ranked = map_clues(hyps, self.index, self.config, decode)
+            clues, ranked = map_clues(hyps, self.index, self.config, decode, starts=result.starts)
             ids = [self.index.corpus_id(d) for d in ranked]
             records.append(QueryRecord(str(qid), clues, ranked, ids, dict(per_query)))
         return records

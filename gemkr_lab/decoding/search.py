@@ -14,6 +14,9 @@ decoding); a beam slot left without any finite candidate is dead (never continue
 the Hamming penalty; HF keeps it at -inf with an arbitrary token and counts that token), and a group's
 beams other than the first start dead (HF: -1e9). tests/decoding/test_reference_search.py checks the rest
 against a naive HF 4.28 reference.
+
+Step 0: a clue starts with neither EOS nor BOS, unless `allow_bos_eos_first_token` (the official allowed-token
+function): then EOS gives an empty clue and BOS a clue that must begin a document (`DocumentStarts`).
 """
 
 import time
@@ -24,6 +27,7 @@ import torch
 
 from gemkr_lab.config.decoding import DecodingConfig
 from gemkr_lab.decoding.constraint import IndexConstraint
+from gemkr_lab.decoding.starts import DocumentStarts
 from gemkr_lab.kb.index import KBIndex
 
 NEG_INF = float("-inf")
@@ -42,6 +46,9 @@ class Hypothesis:
     """Sum of processed log-probs (mask and diversity penalties included), EOS's included."""
     score: float
     """Length-normalised score: the rank order of clues."""
+    starts_document: bool = False
+    """The clue began with BOS (`allow_bos_eos_first_token`): `tokens[0]` is BOS and the rest must begin a
+    document, as the official KB's BOS + document + EOS sequences make it."""
 
 
 @dataclass
@@ -49,6 +56,8 @@ class SearchResult:
     """Per query, its hypotheses sorted by score (best first); and where the time went."""
 
     hypotheses: list[list[Hypothesis]]
+    starts: DocumentStarts | None = None
+    """The documents' first tokens used for clues that began with BOS (to look them up and to reuse)."""
     model_seconds: float = 0.0
     index_seconds: float = 0.0
     steps: int = 0
@@ -85,6 +94,8 @@ def beam_search(
     attention_mask: torch.Tensor | None = None,
     index: KBIndex | None = None,
     constraint: IndexConstraint | None = None,
+    bos_id: int | None = None,
+    starts: DocumentStarts | None = None,
 ) -> SearchResult:
     """Decode `config.num_clues` clues for each prompt of a left-padded batch.
 
@@ -98,12 +109,19 @@ def beam_search(
         attention_mask: [Q, T], 0 on left padding (default: all ones).
         index: the KB index, when `config.constrained`.
         constraint: a prepared mask builder (built from `index` if not given).
+        bos_id: the tokenizer's BOS id (needed by `allow_bos_eos_first_token`).
+        starts: the documents' first tokens (built from `index` when `allow_bos_eos_first_token` needs them).
     """
     prompt = inputs_embeds if inputs_embeds is not None else input_ids
     if prompt is None:
         raise ValueError("give inputs_embeds or input_ids")
     if config.constrained and index is None:
         raise ValueError("constrained decoding needs the KB index")
+    official_start = config.allow_bos_eos_first_token  # step 0 as the official code: BOS and EOS allowed
+    if official_start and bos_id is None:
+        raise ValueError("allow_bos_eos_first_token needs the BOS id (bos_id)")
+    if official_start and starts is None and index is not None:
+        starts = DocumentStarts(index, config.clue_cap + 1)
     device = prompt.device
     q = prompt.shape[0]
     groups, beams = config.groups, config.beams
@@ -131,6 +149,8 @@ def beam_search(
     cum.view(q, groups, beams)[:, :, 0] = 0.0
     tokens = torch.zeros((n, 0), dtype=torch.long)
     forced = np.zeros(n, dtype=bool)
+    anchored = np.zeros(n, dtype=bool)  # clues that began with BOS: they follow `starts`, not the index
+    start_lo, start_hi = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     pools = [_Pool(per_query) for _ in range(q)]
     needed = 2 * beams + (groups - 1) * beams if config.search == "diverse" else 2 * beams
 
@@ -140,15 +160,19 @@ def beam_search(
         end_now = np.full(n, at_cap) | forced
         if config.constrained:
             live = np.flatnonzero(~end_now & (cum.numpy() > NEG_INF))  # dead slots need no mask
-            add = constraint.mask(states, logprobs, live, needed)
+            add = constraint.mask(states, logprobs, live[~anchored[live]], needed)
+            for r in live[anchored[live]]:
+                add[r, torch.as_tensor(starts.allowed(start_lo[r], start_hi[r], step - 1))] = 0.0
         else:
             add = torch.zeros_like(logprobs)
+        if step == 0 and official_start:
+            add[:, [bos_id, eos_id]] = 0.0
         if end_now.any():  # forced end: only EOS (not advanced in the index: it need not end a document)
             rows = torch.as_tensor(np.flatnonzero(end_now))
             add[rows] = NEG_INF
             add[rows, eos_id] = 0.0
         processed = logprobs + add
-        if not config.constrained and step == 0:
+        if not config.constrained and step == 0 and not official_start:
             processed[:, eos_id] = NEG_INF  # a clue never starts with EOS
         chosen_rows = torch.empty(n, dtype=torch.long)
         chosen_tok = torch.full((n,), eos_id, dtype=torch.long)
@@ -177,7 +201,7 @@ def beam_search(
                             continue
                         clue = tokens[src].tolist()
                         score = value / (len(clue) + 1) ** config.length_penalty
-                        pools[qi].add(Hypothesis(clue, not end_now[src], value, score))
+                        pools[qi].add(Hypothesis(clue, not end_now[src], value, score, bool(anchored[src])))
                         continue
                     dst = int(rows[qi, kept])
                     chosen_rows[dst] = src
@@ -192,10 +216,20 @@ def beam_search(
             break
         cum = new_cum
         tokens = torch.cat([tokens[chosen_rows], chosen_tok[:, None]], dim=1)
+        if official_start:
+            src, tok = chosen_rows.numpy(), chosen_tok.numpy()
+            anchored, start_lo, start_hi = anchored[src], start_lo[src], start_hi[src]
+            if step == 0:
+                anchored = tok == bos_id
+                start_hi[anchored] = starts.n_docs if starts is not None else 0
+            elif starts is not None:
+                for r in np.flatnonzero(anchored):
+                    start_lo[r], start_hi[r] = starts.advance(start_lo[r], start_hi[r], step - 1, int(tok[r]))
         if config.constrained:
             states = constraint.index.advance(states.take(chosen_rows.numpy()), chosen_tok.numpy())
             if config.stop_at_count is not None:
-                forced = (states.counts <= config.stop_at_count) & (cum.numpy() > NEG_INF)
+                counts = np.where(anchored, start_hi - start_lo, states.counts)
+                forced = (counts <= config.stop_at_count) & (cum.numpy() > NEG_INF)
         t0 = time.perf_counter()
         cache.reorder_cache(chosen_rows.to(device))
         mask_len = torch.cat([mask_len, torch.ones((n, 1), dtype=mask_len.dtype, device=device)], dim=1)
@@ -213,5 +247,9 @@ def beam_search(
 
     hyps = [sorted(p.items, key=lambda h: -h.score) for p in pools]
     return SearchResult(
-        hyps, model_seconds=model_seconds, index_seconds=constraint.seconds if constraint else 0.0, steps=step + 1
+        hyps,
+        starts=starts,
+        model_seconds=model_seconds,
+        index_seconds=constraint.seconds if constraint else 0.0,
+        steps=step + 1,
     )

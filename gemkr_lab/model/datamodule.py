@@ -2,10 +2,12 @@
 
 Region features are the frozen tower's CLS of each cached crop (gemkr_spec.md §2.2), computed once per
 image when the data is set up and kept in memory. With `DataConfig.zero_region_features_at_test` the test
-split gets none, reproducing the official bug.
+split gets none, reproducing the official bug. Training images get the official augmentation with
+`DataConfig.augment_train_images`; the train loader drops the last incomplete batch with `drop_last`.
 """
 
 import json
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,18 @@ def image_transform(size: int) -> T.Compose:
         [
             T.ToImage(),
             T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+            T.ToDtype(torch.float32, scale=True),
+            T.Normalize(CLIP_MEAN, CLIP_STD),
+        ]
+    )
+
+
+def train_image_transform(size: int) -> T.Compose:
+    """The official train transform: RandomResizedCrop(size, scale 0.5-1.0, bicubic), CLIP normalisation."""
+    return T.Compose(
+        [
+            T.ToImage(),
+            T.RandomResizedCrop(size, scale=(0.5, 1.0), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
             T.ToDtype(torch.float32, scale=True),
             T.Normalize(CLIP_MEAN, CLIP_STD),
         ]
@@ -82,13 +96,17 @@ class GeMKRDataModule(L.LightningDataModule):
         seed: int = 42,
         num_workers: int = 0,
         limit_train: int | None = None,
+        drop_last: bool = False,
     ) -> None:
         super().__init__()
         self.prepared, self.tokenizer, self.config = Path(prepared), tokenizer, data_config
         self.benchmark = Benchmark(data_config.dataset, data_root)
         self.vision, self.batch_size, self.seed, self.num_workers = vision, batch_size, seed, num_workers
-        self.limit_train = limit_train
+        self.limit_train, self.drop_last = limit_train, drop_last
         self.transform = image_transform(vision.spec.image_size)
+        size = vision.spec.image_size
+        self.train_transform = train_image_transform(size) if data_config.augment_train_images else self.transform
+        self.shuffle_objects = data_config.object_order == "shuffled"
         self._features: dict[tuple[str, str], torch.Tensor] = {}
         self._images = None
 
@@ -105,7 +123,11 @@ class GeMKRDataModule(L.LightningDataModule):
             spec, p = self.vision.spec, self.vision.config.prefix_length
             out = torch.zeros(p, spec.width)
             zero_at_test = self.config.zero_region_features_at_test
-            regions = load_regions(self.prepared / "regions", image_id, split, zero_at_test)[:p]
+            regions = load_regions(self.prepared / "regions", image_id, split, zero_at_test)
+            if self.shuffle_objects:  # a fixed arbitrary order per image, as the official os.listdir order
+                order = np.random.default_rng(zlib.crc32(image_id.encode())).permutation(len(regions))
+                regions = [regions[i] for i in order]
+            regions = regions[:p]
             if regions and self.config.detector != "none":
                 crops = torch.stack([self.transform(crop) for _, crop in regions])
                 out[: len(regions)] = self.vision.encode_regions(crops).float()
@@ -117,9 +139,10 @@ class GeMKRDataModule(L.LightningDataModule):
         before, after = build_prompt(row["question"], row.get("caption", ""), self.config.append_caption)
         tok = self.tokenizer
         bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        transform = self.train_transform if split == "train" else self.transform
         return {
             "qid": row["qid"],
-            "image": self.transform(self._images.load(row["image_id"])),
+            "image": transform(self._images.load(row["image_id"])),
             "objects": self.region_features(row["image_id"], split),
             "before": bos + tok(before, add_special_tokens=False)["input_ids"],
             "after": tok(after, add_special_tokens=False)["input_ids"],
@@ -127,15 +150,20 @@ class GeMKRDataModule(L.LightningDataModule):
         }
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled by (seed, epoch)."""
+        """Shuffled by (seed, epoch); with `drop_last` the last incomplete batch of each epoch is dropped."""
         ds = _Rows(self.train_rows, self, "train")
+        if self.drop_last and len(ds) < self.batch_size:
+            raise ValueError(
+                f"drop_last with {len(ds)} training rows and batch_size {self.batch_size} leaves no batch; "
+                "use more rows (limit_train), a smaller batch or train.drop_last=false"
+            )
         return DataLoader(
             ds,
             batch_size=self.batch_size,
             sampler=EpochSampler(len(ds), self.seed),
             collate_fn=collate,
             num_workers=self.num_workers,
-            drop_last=False,
+            drop_last=self.drop_last,
         )
 
     def test_dataloader(self) -> DataLoader:

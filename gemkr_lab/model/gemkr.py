@@ -230,6 +230,60 @@ def _pad(seqs: list[torch.Tensor], left: bool) -> tuple[torch.Tensor, torch.Tens
     return out, mask
 
 
+# ---- 8-bit evaluation (DecodingConfig.llm_in_8bit) ----------------------------------------------------------
+
+INT8_SKIP = ("lm_head", "lora_")
+"""Linear layers left in full precision: the LM head (as transformers' load_in_8bit) and LoRA's adapters."""
+
+
+def linear_layers_to_quantize(llm: nn.Module) -> list[str]:
+    """Names of the LLM's linear layers that 8-bit loading quantises (every nn.Linear but `INT8_SKIP`)."""
+    return [
+        name
+        for name, module in llm.named_modules()
+        if type(module) is nn.Linear and not any(part in name for part in INT8_SKIP)
+    ]
+
+
+def quantize_llm_8bit(llm: nn.Module, device: torch.device | str = "cuda") -> nn.Module:
+    """Replace the LLM's linear layers by bitsandbytes LLM.int8 layers on `device`, in place.
+
+    What `from_pretrained(load_in_8bit=True)` does to a checkpoint (threshold 6.0, fp16 activations), applied to
+    the trained weights, so that LoRA-wrapped and fully fine-tuned LLMs alike are evaluated as the official code
+    evaluates (gemkr_spec.md §2.5, §7 bug 5). The weights are quantised when moved to the CUDA device.
+    """
+    if not torch.cuda.is_available():
+        raise ValueError("decoding.llm_in_8bit needs a CUDA device (bitsandbytes); set it to false on CPU")
+    try:
+        import bitsandbytes as bnb
+    except ImportError as exc:
+        raise ValueError("decoding.llm_in_8bit needs bitsandbytes: pip install bitsandbytes") from exc
+    for name in linear_layers_to_quantize(llm):
+        parent_name, _, child = name.rpartition(".")
+        parent = llm.get_submodule(parent_name) if parent_name else llm
+        old: nn.Linear = getattr(parent, child)
+        new = bnb.nn.Linear8bitLt(
+            old.in_features, old.out_features, bias=old.bias is not None, has_fp16_weights=False, threshold=6.0
+        )
+        new.weight = bnb.nn.Int8Params(
+            old.weight.data.to(torch.float16).cpu(), requires_grad=False, has_fp16_weights=False
+        )
+        if old.bias is not None:
+            new.bias = nn.Parameter(old.bias.data.to(torch.float16).cpu(), requires_grad=False)
+        setattr(parent, child, new.to(device))  # Int8Params quantise on the move to the GPU
+    return llm.to(device)
+
+
+def prepare_8bit_evaluation(model: "GeMKR") -> "GeMKR":
+    """The model on the GPU with its LLM in 8 bits, for decoding (the official evaluation's `low_resource`)."""
+    if not torch.cuda.is_available():
+        raise ValueError("decoding.llm_in_8bit needs a CUDA device (bitsandbytes); set it to false on CPU")
+    device = torch.device("cuda", torch.cuda.current_device())
+    model.to(device)
+    model.llm = quantize_llm_8bit(model.llm, device)
+    return model
+
+
 def count_trainable(config: ModelConfig, llm_shape: str) -> "OrderedDict[str, int]":
     """Trainable parameters of a configuration, built on the meta device (no weights, no memory)."""
     return GeMKR(config, LLM_SHAPES[llm_shape]["vocab_size"], device="meta", llm_shape=llm_shape).components()

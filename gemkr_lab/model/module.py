@@ -16,13 +16,21 @@ from gemkr_lab.model.gemkr import Batch, GeMKR
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup from `warmup_start_lr` to `lr`, then cosine to `min_lr` over `max_steps`.
+    """The learning rate of optimizer step `step`: linear warmup to `lr`, then cosine to `min_lr`.
 
-    The warmup lies inside the cosine horizon, as in the official runner.
+    The warmup starts from `warmup_start_lr` and lies inside the cosine horizon, as in the official runner. With
+    `warmup_unit` "micro_batches" the schedule counts micro-batches, as the official runner steps it every
+    iteration: optimizer step s takes the rate of its last micro-batch, s x accumulate + accumulate - 1, the
+    warmup spans `warmup_steps` micro-batches and the cosine `max_steps` x accumulate.
     """
-    if step < cfg.warmup_steps:
-        return cfg.warmup_start_lr + (cfg.lr - cfg.warmup_start_lr) * step / max(cfg.warmup_steps, 1)
-    progress = min(step / max(cfg.max_steps, 1), 1.0)
+    if cfg.warmup_unit == "micro_batches":
+        acc = cfg.accumulate_grad_batches
+        t, horizon = step * acc + acc - 1, cfg.max_steps * acc
+    else:
+        t, horizon = step, cfg.max_steps
+    if t < cfg.warmup_steps:
+        return cfg.warmup_start_lr + (cfg.lr - cfg.warmup_start_lr) * t / max(cfg.warmup_steps, 1)
+    progress = min(t / max(horizon, 1), 1.0)
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 

@@ -46,6 +46,7 @@ def fit(
         seed=train_config.seed,
         num_workers=train_config.num_workers,
         limit_train=limit_train,
+        drop_last=train_config.drop_last,
     )
     ckpt_dir = out / "checkpoints"
     checkpoint = ModelCheckpoint(

@@ -5,9 +5,12 @@ the object features `R` (the same in every layer). The prefix enters as keys and
 the block's frozen qkv weights without LayerNorm. Dual flow: the patch queries attend to the patch keys
 through the block's own attention (bit-identical to the frozen block) and, separately, to the prefix keys;
 the prefix flow is scaled by a zero-initialised per-head gate and added before the output projection.
-With the gate at zero the tower's output equals the frozen tower's output exactly.
+With the gate at zero the tower's output equals the frozen tower's output exactly. With a low-precision
+`vision_dtype` the tower's linear and convolution weights are cast to it (the official code's fp16 tower) and the
+tower runs under autocast in that dtype.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -114,6 +117,15 @@ class PrefixedViT(nn.Module):
             self.gate = nn.Parameter(torch.zeros(self.n_prefixed, self.spec.heads))
         for p in self.tower.parameters():
             p.requires_grad_(config.train_vision)
+        self.tower_dtype = getattr(torch, config.vision_dtype)
+        if self.tower_dtype != torch.float32:
+            cast_linear_weights(self.tower, self.tower_dtype)
+
+    def _autocast(self, device: torch.device):
+        """Autocast in the tower's dtype when its weights are low-precision (nothing to do for float32)."""
+        if self.tower_dtype == torch.float32 or device.type not in ("cuda", "cpu"):
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.tower_dtype)
 
     @property
     def blocks(self) -> nn.ModuleList:
@@ -131,24 +143,26 @@ class PrefixedViT(nn.Module):
             (cls [B, width]: token 0 of the last block's raw output, prefix [B, P, width]: the last prefixed
             block's prefix input `E_last + R`, empty when the prefix is off).
         """
-        x = self.tower._embeds(images)
-        first = len(self.blocks) - self.n_prefixed
-        for block in self.blocks[:first]:
-            x = block(x)
-        prefix_in = x.new_zeros(x.shape[0], 0, x.shape[-1])
-        for i, block in enumerate(self.blocks[first:]):
-            prefix_in = self.prefix[i].to(x.dtype).expand(x.shape[0], -1, -1)
-            if objects is not None and self.config.use_object_features:
-                prefix_in = prefix_in + objects.to(x.dtype)
-            x = self._prefixed_block(block, x, prefix_in, self.gate[i])
+        with self._autocast(images.device):
+            x = self.tower._embeds(images)
+            first = len(self.blocks) - self.n_prefixed
+            for block in self.blocks[:first]:
+                x = block(x)
+            prefix_in = x.new_zeros(x.shape[0], 0, x.shape[-1])
+            for i, block in enumerate(self.blocks[first:]):
+                prefix_in = self.prefix[i].to(x.dtype).expand(x.shape[0], -1, -1)
+                if objects is not None and self.config.use_object_features:
+                    prefix_in = prefix_in + objects.to(x.dtype)
+                x = self._prefixed_block(block, x, prefix_in, self.gate[i])
         return x[:, 0], prefix_in
 
     @torch.no_grad()
     def encode_regions(self, crops: torch.Tensor) -> torch.Tensor:
         """Region features: CLS of the frozen tower without prefixes, for crops [N, 3, H, W] -> [N, width]."""
-        x = self.tower._embeds(crops)
-        for block in self.blocks:
-            x = block(x)
+        with self._autocast(crops.device):
+            x = self.tower._embeds(crops)
+            for block in self.blocks:
+                x = block(x)
         return x[:, 0]
 
     def _prefixed_block(self, block, x: torch.Tensor, prefix: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -180,6 +194,18 @@ class PrefixedViT(nn.Module):
             patch_flow = patch_flow + F.linear(_merge(g * prefix_flow), attn.out_proj.weight)
         x = x + block.ls_1(patch_flow)
         return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def cast_linear_weights(tower: nn.Module, dtype: torch.dtype) -> None:
+    """Cast the weights and biases of the tower's linear maps, convolutions and attention projections to `dtype`.
+
+    The official `convert_weights_to_fp16` (Conv and Linear modules; EVA's qkv is a Linear, open_clip's is the
+    attention's in-projection). Norms, class and position embeddings keep their dtype.
+    """
+    for module in tower.modules():
+        if isinstance(module, nn.Linear | nn.Conv2d | nn.MultiheadAttention):
+            for param in module.parameters(recurse=False):
+                param.data = param.data.to(dtype)
 
 
 def _merge(t: torch.Tensor) -> torch.Tensor:
