@@ -49,7 +49,8 @@ class ExperimentConfig:
     prepared: str = "runs/world-prepared"
     """Where `prepare` put the index, clue targets and regions (stamped with the data settings it used)."""
     tokenizer: str | None = None
-    """The LLM's tokenizer directory (default: DATA_ROOT/tokenizer)."""
+    """The LLM's tokenizer directory (default: the LLM's own checkpoint directory when `model.llm` is one, as an
+    LLM and its tokenizer are tied; DATA_ROOT/tokenizer for "tiny-llama")."""
     limit_train: Annotated[int, AtLeast(1)] | None = None
     """Use only the first N instruction rows (quick runs)."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -123,7 +124,7 @@ def build(cls, values: dict[str, Any], where: str, sources: dict[str, str] | Non
             hint = difflib.get_close_matches(key, known, n=1)
             origin = _origin(sources, path)
             raise ConfigError(
-                f"{origin}: unknown key {path!r} in {cls.__name__}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                f"{origin}: unknown key {path!r} in {cls.__name__}" + (f"; did you mean {prefix + hint[0]!r}?" if hint else "")
             )
         sub = hints[key] if is_dataclass(hints[key]) else None
         if sub is not None:

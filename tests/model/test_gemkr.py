@@ -91,9 +91,9 @@ def test_checkpoints_hold_trainable_parameters_only():
     ("change", "error", "message"),
     [
         ({"llm": "/nonexistent/llama-7b"}, FileNotFoundError, "no such LLM directory"),
-        ({"vision_model": "ViT-Z-99"}, ValueError, "unknown vision_model 'ViT-Z-99'"),
+        ({"vision_model": "ViT-Z-99"}, ValueError, "vision_model = 'ViT-Z-99': expected one of ViT-L-14"),
         ({"vision_weights": "/nonexistent/clip.pt"}, FileNotFoundError, "no such vision weights"),
-        ({"prefix_layers": 9}, ValueError, "prefix_layers must be in 1..4"),
+        ({"prefix_layers": 9}, ValueError, "prefix_layers = 9: expected <= 4, the depth of tiny-vit"),
     ],
 )
 def test_bad_model_input_fails_before_work(change, error, message):

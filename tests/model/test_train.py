@@ -72,7 +72,21 @@ def test_a_killed_run_resumes_to_the_same_weights(world, tmp_path):
         assert torch.equal(a[k], b[k]), k
     ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=False)
     assert all(k.startswith("model.") for k in ckpt["state_dict"])
-    assert not any("base_layer" in k or "tower" in k for k in ckpt["state_dict"])  # no frozen weights
+    assert set(ckpt["state_dict"]) == {f"model.{k}" for k in resumed.model.checkpoint_state_dict()}
+
+
+def test_checkpoints_hold_frozen_weights_only_when_they_were_random():
+    from gemkr_lab.model.gemkr import GeMKR
+
+    tiny = GeMKR(ModelConfig(vision_model="tiny-vit"), 64).checkpoint_state_dict()
+    assert any(k.startswith("vision.tower.") for k in tiny)  # random frozen tower: saved, or evaluate redraws it
+    assert any("base_layer" in k for k in tiny)  # random frozen tiny LLM under LoRA: saved too
+    real = ModelConfig(vision_model="EVA-g-14-39", vision_weights="eva_vit_g.pth", llm="models/llama-7b")
+    paper = GeMKR(real, 32000, device="meta", llm_shape="llama-7b")
+    keys = paper.checkpoint_state_dict()
+    trainable = {n for n, p in paper.named_parameters() if p.requires_grad}
+    assert set(keys) == trainable  # pretrained frozen weights never go into checkpoints
+    assert not any("base_layer" in k or "tower" in k for k in keys)
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():

@@ -30,9 +30,9 @@ def test_overrides_parse_values_and_nested_keys():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model.use_gat=false"], "unknown key 'use_gat' in ModelConfig; did you mean 'use_gate'"),
+        (["model.use_gat=false"], "unknown key 'model.use_gat' in ModelConfig; did you mean 'model.use_gate'"),
         (["trian.max_steps=3"], "unknown key 'trian' in ExperimentConfig; did you mean 'train'"),
-        (["model.attention_flow=triple"], "attention_flow must be 'dual' or 'joint'"),
+        (["model.attention_flow=triple"], "model.attention_flow = 'triple': expected one of 'dual', 'joint'"),
         (["max_steps"], "write key=value"),
     ],
 )
@@ -46,5 +46,5 @@ def test_unknown_preset_suggests_the_closest(tmp_path):
         load_experiment("tiny-cpu/ful")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  use_object_prefx: true\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: model: unknown key 'use_object_prefx'.*'use_object_prefix'"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2: unknown key 'model.use_object_prefx'.*'model.use_object_prefix'"):
         load_experiment(str(bad))
