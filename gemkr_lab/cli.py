@@ -52,8 +52,16 @@ def _index_query(args: argparse.Namespace) -> int:
     if args.json:
         _print(result, True)
         return 0
-    print(f"{result['text']!r} -> {result['tokens']}  count={result['count']}")
-    print(f"continuations ({result['n_continuations']}): " + " ".join(repr(c["text"]) for c in result["continuations"]))
+    forms = result["forms"]
+    matched = " and ".join(result["matched_forms"]) or "neither form"
+    print(f"{result['text']!r}: count={result['count']} in {result['n_documents']} documents (matched: {matched})")
+    for f in forms:
+        print(f"  {f['form']:<25} {f['tokens']}  count={f['count']}  documents={f['n_documents']}")
+    print(f"  note: {result['note']}")
+    print(
+        f"continuations of the {result['form']!r} form ({result['n_continuations']}): "
+        + " ".join(repr(c["text"]) for c in result["continuations"])
+    )
     for d in result["documents"]:
         print(f"  [{d['id']}] {d['snippet']}")
     return 0
@@ -124,8 +132,11 @@ def _prepare(args: argparse.Namespace) -> int:
     if args.experiment:
         if args.dataset or args.data_root or args.out:
             raise ConfigError("prepare: give either --experiment (with --set KEY=VALUE) or DATASET --data-root --out")
+        from gemkr_lab.run.cell import tokenizer_dir
+
         config = load_experiment(args.experiment, args.set)
-        data, data_root, out, tokenizer = config.data, config.data_root, config.prepared, config.tokenizer
+        # the run's tokenizer: `tokenizer`, else the LLM checkpoint's own, else DATA_ROOT/tokenizer
+        data, data_root, out, tokenizer = config.data, config.data_root, config.prepared, tokenizer_dir(config)
     else:
         if not (args.dataset and args.data_root and args.out):
             raise ConfigError("prepare: give DATASET --data-root DIR --out DIR, or --experiment PRESET")
@@ -305,7 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=_index_stats)
 
-    query = index_verbs.add_parser("query", help="count, continuations and documents of a text")
+    query = index_verbs.add_parser(
+        "query",
+        help="count, continuations and documents of a text",
+        description="Looks the text up as typed and as it tokenises inside a passage after a space (a byte-level "
+        "BPE without a prefix space tokenises the two differently); reports the count of each form and which matched.",
+    )
     query.add_argument("index")
     query.add_argument("--text", required=True)
     query.add_argument("--tokenizer", help="tokenizer directory (default: the one the index was built with)")

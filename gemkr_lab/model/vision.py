@@ -11,6 +11,7 @@ tower runs under autocast in that dtype.
 """
 
 import contextlib
+import logging
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -214,13 +215,17 @@ def _merge(t: torch.Tensor) -> torch.Tensor:
 
 
 _UNUSED = ("ln_post.weight", "ln_post.bias", "proj")  # the raw last-block output is used, as the official code
+_EVA_HEAD = ("norm.", "fc_norm.", "head.")  # EVA's final norm and classifier: LAVIS's tower has none
 
 
-def load_vision_weights(tower: VisionTransformer, path: str, spec_name: str) -> None:
+def load_vision_weights(tower: VisionTransformer, path: str, spec_name: str) -> list[str]:
     """Load a local checkpoint into the tower, with a clear error when it does not fit the architecture.
 
-    Accepts an open_clip state dict (a full CLIP's `visual.*` or the tower's own keys) or LAVIS's EVA ViT-g
-    (`blocks.*`).
+    Accepts an open_clip state dict (a full CLIP's `visual.*` or the tower's own keys; `.safetensors` too) or
+    LAVIS's EVA ViT-g (`blocks.*`). The unused final norm and projection of a CLIP (e.g. ViT-L/14's 1024 -> 768
+    `proj`) are not loaded. An EVA checkpoint deeper than the tower loads its first blocks, as LAVIS does with
+    `strict=False` (`eva_vit_g.pth` has 40 blocks, the BLIP-2/GeMKR tower 39). Returns the checkpoint keys
+    that were left out (after the EVA -> open_clip renaming).
     """
     from pathlib import Path
 
@@ -228,7 +233,12 @@ def load_vision_weights(tower: VisionTransformer, path: str, spec_name: str) -> 
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such vision weights file (give a local checkpoint; nothing is downloaded)")
     try:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(p), device="cpu")
+        else:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a file that is not a checkpoint
         raise ValueError(f"{p}: not a readable torch checkpoint ({exc})") from exc
     for key in ("state_dict", "model"):
@@ -236,11 +246,19 @@ def load_vision_weights(tower: VisionTransformer, path: str, spec_name: str) -> 
             sd = sd[key]
     if any(k.startswith("visual.") for k in sd):
         sd = {k[len("visual.") :]: v for k, v in sd.items() if k.startswith("visual.")}
-    if any(k.startswith("blocks.") for k in sd):
-        sd = eva_to_open_clip(sd)
     own = tower.state_dict()
+    ignored: list[str] = []
+    if any(k.startswith("blocks.") for k in sd):
+        ignored = [k for k in sd if k.startswith(_EVA_HEAD)]
+        sd = eva_to_open_clip({k: v for k, v in sd.items() if k not in ignored})
+        depth = len(tower.transformer.resblocks)
+        extra = [k for k in sd if k.startswith("transformer.resblocks.") and int(k.split(".")[2]) >= depth]
+        ignored += extra
+        sd = {k: v for k, v in sd.items() if k not in extra}
     for k in _UNUSED:
-        if k in own and k not in sd:
+        if k in own and (k not in sd or tuple(sd[k].shape) != tuple(own[k].shape)):
+            if k in sd:
+                ignored.append(k)
             sd[k] = own[k]
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
@@ -253,6 +271,9 @@ def load_vision_weights(tower: VisionTransformer, path: str, spec_name: str) -> 
         )
         raise ValueError(f"{p}: does not fit vision_model {spec_name!r} ({detail})")
     tower.load_state_dict(sd)
+    if ignored:
+        logging.getLogger(__name__).info("%s: left out %d checkpoint keys (e.g. %s)", p, len(ignored), ignored[0])
+    return ignored
 
 
 def eva_to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -96,8 +96,11 @@ def run_cell(config: ExperimentConfig, seed: int, root: str | Path, overrides: l
     tokenizer = load_tokenizer(tokenizer_dir(config))
     if tokenizer_fingerprint(tokenizer) != stamp["tokenizer_fingerprint"]:
         raise DataError(
-            f"{tokenizer_dir(config)}: another tokenizer than the one {config.prepared} was prepared with; "
-            f"prepare with this tokenizer: {prepare_command(config, overrides or ())} --set prepared=NEW_FOLDER"
+            f"{config.name} uses the tokenizer in {tokenizer_dir(config)} ({tokenizer_fingerprint(tokenizer)}), "
+            f"but {config.prepared} was prepared with another one ({_prepared_tokenizer(config)}, "
+            f"{stamp['tokenizer_fingerprint']}); its token ids mean nothing to this LLM. Prepare the data with "
+            f"this tokenizer into a new folder: {prepare_command(config, overrides or ())} --set prepared=NEW_FOLDER "
+            "(then train with prepared=NEW_FOLDER)"
         )
     out = run_dir(root, config)
     manifest = read_manifest(out)
@@ -121,8 +124,25 @@ def run_cell(config: ExperimentConfig, seed: int, root: str | Path, overrides: l
 
 
 def tokenizer_dir(config: ExperimentConfig) -> Path:
-    """The LLM's tokenizer directory (default: DATA_ROOT/tokenizer)."""
-    return Path(config.tokenizer) if config.tokenizer else Path(config.data_root) / "tokenizer"
+    """The LLM's tokenizer directory: `tokenizer`, else the LLM checkpoint's own, else DATA_ROOT/tokenizer.
+
+    An LLM and its tokenizer are tied: a local checkpoint directory brings its tokenizer; the random "tiny-llama"
+    has none and uses the prepared world's.
+    """
+    if config.tokenizer:
+        return Path(config.tokenizer)
+    if config.model.llm != "tiny-llama":
+        return Path(config.model.llm)
+    return Path(config.data_root) / "tokenizer"
+
+
+def _prepared_tokenizer(config: ExperimentConfig) -> str:
+    """Where the prepared data's tokenizer came from (the index records it), for messages."""
+    try:
+        meta = json.loads((Path(config.prepared) / "index" / "meta.json").read_text(encoding="utf-8"))
+        return str(meta.get("extra", {}).get("tokenizer_path") or "a tokenizer not recorded")
+    except (OSError, ValueError):
+        return "a tokenizer not recorded"
 
 
 def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict, tokenizer) -> dict:

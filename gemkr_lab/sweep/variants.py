@@ -59,7 +59,7 @@ def _prepare(config: ExperimentConfig, folder: Path) -> None:
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _matches(config, folder):
-            Preparer(config.data, config.data_root, folder, tokenizer=config.tokenizer, progress=False).run()
+            Preparer(config.data, config.data_root, folder, tokenizer=tokenizer_dir(config), progress=False).run()
 
 
 def _has_files(folder: Path) -> bool:

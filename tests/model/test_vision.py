@@ -165,3 +165,157 @@ def test_any_open_clip_vit_architecture_is_accepted():
         vision_spec("RN50")
     with pytest.raises(ValueError, match="unknown vision_model"):
         vision_spec("EVA01-g-14")  # timm-based in open_clip: use EVA-g-14-39 with LAVIS weights instead
+
+
+# ---- real checkpoints: LAVIS's eva_vit_g.pth (40 blocks) and open_clip CLIP files -------------------------------
+
+EVA_LAYOUT = dataclasses.replace(vision_spec("EVA-g-14-39"), image_size=28, patch_size=14, width=32, head_width=8)
+"""The EVA-g-14-39 layout (39 blocks, mlp ratio 4.3637, no pre-norm, eps 1e-6) at a width that runs on a CPU."""
+
+
+def _lavis_eva_checkpoint(spec, blocks: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict with LAVIS eva_vit.py's exact names and shapes (qkv without bias, q/v biases, conv bias)."""
+    g = torch.Generator().manual_seed(seed)
+    d, hidden, n = spec.width, int(spec.width * spec.mlp_ratio), (spec.image_size // spec.patch_size) ** 2
+
+    def r(*shape, scale=0.2):
+        return torch.randn(*shape, generator=g) * scale
+
+    sd = {
+        "cls_token": r(1, 1, d),
+        "pos_embed": r(1, n + 1, d),
+        "patch_embed.proj.weight": r(d, 3, spec.patch_size, spec.patch_size, scale=0.05),
+        "patch_embed.proj.bias": r(d),
+    }
+    for i in range(blocks):
+        b = f"blocks.{i}."
+        sd |= {
+            b + "norm1.weight": 1 + r(d),
+            b + "norm1.bias": r(d),
+            b + "attn.q_bias": r(d),
+            b + "attn.v_bias": r(d),
+            b + "attn.qkv.weight": r(3 * d, d),
+            b + "attn.proj.weight": r(d, d),
+            b + "attn.proj.bias": r(d),
+            b + "norm2.weight": 1 + r(d),
+            b + "norm2.bias": r(d),
+            b + "mlp.fc1.weight": r(hidden, d),
+            b + "mlp.fc1.bias": r(hidden),
+            b + "mlp.fc2.weight": r(d, hidden),
+            b + "mlp.fc2.bias": r(d),
+        }
+    return sd
+
+
+def _lavis_forward(sd, spec, images, blocks):
+    """LAVIS's EVA VisionTransformer.forward_features in plain torch (float64), on the first `blocks` blocks."""
+    sd = {k: v.double() for k, v in sd.items()}
+    x = torch.nn.functional.conv2d(
+        images.double(), sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=spec.patch_size
+    )
+    x = x.flatten(2).transpose(1, 2)
+    x = torch.cat([sd["cls_token"].expand(x.shape[0], -1, -1), x], dim=1) + sd["pos_embed"]
+    heads, d = spec.heads, spec.width
+    ln = torch.nn.functional.layer_norm
+    for i in range(blocks):
+        b = f"blocks.{i}."
+        h = ln(x, (d,), sd[b + "norm1.weight"], sd[b + "norm1.bias"], eps=spec.ln_eps)
+        bias = torch.cat([sd[b + "attn.q_bias"], torch.zeros_like(sd[b + "attn.v_bias"]), sd[b + "attn.v_bias"]])
+        qkv = torch.nn.functional.linear(h, sd[b + "attn.qkv.weight"], bias)
+        q, k, v = qkv.reshape(x.shape[0], x.shape[1], 3, heads, -1).permute(2, 0, 3, 1, 4)
+        attn = ((q * (d // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
+        out = (attn @ v).transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        x = x + torch.nn.functional.linear(out, sd[b + "attn.proj.weight"], sd[b + "attn.proj.bias"])
+        h = ln(x, (d,), sd[b + "norm2.weight"], sd[b + "norm2.bias"], eps=spec.ln_eps)
+        h = torch.nn.functional.gelu(torch.nn.functional.linear(h, sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"]))
+        x = x + torch.nn.functional.linear(h, sd[b + "mlp.fc2.weight"], sd[b + "mlp.fc2.bias"])
+    return x
+
+
+def _blocks_out(tower, images):
+    with torch.no_grad():
+        return tower.transformer(tower._embeds(images))
+
+
+def test_lavis_eva_vit_g_checkpoint_with_40_blocks_loads_into_the_39_block_tower(tmp_path):
+    spec = EVA_LAYOUT
+    assert spec.layers == 39 and not spec.ln_pre and spec.mlp_ratio == 4.3637
+    eva = _lavis_eva_checkpoint(spec, blocks=40)
+    torch.save(eva, tmp_path / "eva_vit_g.pth")
+    tower = build_tower(spec).eval()
+    left_out = load_vision_weights(tower, str(tmp_path / "eva_vit_g.pth"), "EVA-g-14-39")
+    assert left_out and all(k.startswith("transformer.resblocks.39.") for k in left_out)  # the 40th block only
+    # equal to a direct load of the first 39 blocks
+    first39 = {k: v for k, v in eva.items() if not k.startswith("blocks.39.")}
+    torch.save(first39, tmp_path / "eva39.pth")
+    direct = build_tower(spec).eval()
+    assert load_vision_weights(direct, str(tmp_path / "eva39.pth"), "EVA-g-14-39") == []
+    for (k, a), b in zip(tower.state_dict().items(), direct.state_dict().values(), strict=True):
+        assert torch.equal(a, b) or k in ("ln_post.weight", "ln_post.bias", "proj"), k  # those are unused
+    # and it computes LAVIS's function: the first 39 blocks of the checkpoint, token by token
+    images = torch.randn(2, 3, spec.image_size, spec.image_size)
+    expected = _lavis_forward(eva, spec, images, blocks=39)
+    torch.testing.assert_close(_blocks_out(tower, images).double(), expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(_lavis_forward(eva, spec, images, blocks=40), expected, atol=1e-2)  # block 40 matters
+    # the prefixed tower built on it: gate zero is the frozen function
+    config = ModelConfig(vision_model="EVA-g-14-39", prefix_layers=20)
+    vit = PrefixedViT(config, tower=tower).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(vit.encode_regions(images).double(), expected[:, 0], rtol=1e-4, atol=1e-4)
+
+
+def test_eva_checkpoint_head_is_left_out_and_a_shallower_one_is_refused(tmp_path):
+    spec = EVA_LAYOUT
+    eva = _lavis_eva_checkpoint(spec, blocks=40) | {"norm.weight": torch.ones(spec.width), "head.weight": torch.ones(3)}
+    torch.save({"model": eva}, tmp_path / "eva.pth")
+    left_out = load_vision_weights(build_tower(spec), str(tmp_path / "eva.pth"), "EVA-g-14-39")
+    assert {"norm.weight", "head.weight"} <= set(left_out)
+    torch.save(_lavis_eva_checkpoint(spec, blocks=38), tmp_path / "eva38.pth")
+    with pytest.raises(
+        ValueError, match=r"does not fit vision_model 'EVA-g-14-39' \(missing: transformer\.resblocks\.38"
+    ):
+        load_vision_weights(build_tower(spec), str(tmp_path / "eva38.pth"), "EVA-g-14-39")
+
+
+def _tiny_clip(seed=0):
+    """An open_clip CLIP with a ViT-L/14-style tower (QuickGELU, pre-norm, a projection to a smaller embedding)."""
+    import open_clip
+
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(
+        embed_dim=24,  # ViT-L/14: width 1024 -> embed 768, so `proj` does not fit the tower's own shape
+        vision_cfg=open_clip.model.CLIPVisionCfg(layers=3, width=32, head_width=8, patch_size=16, image_size=32),
+        text_cfg=open_clip.model.CLIPTextCfg(context_length=8, vocab_size=49408, width=32, heads=2, layers=1),
+        quick_gelu=True,
+    ).eval()
+    with torch.no_grad():  # open_clip initialises some of these to constants; make every weight informative
+        for name, p in model.visual.named_parameters():
+            if "ln" in name or "bias" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("form", ["full-clip", "visual-only", "safetensors"])
+def test_open_clip_checkpoint_from_a_local_file_loads(tmp_path, form):
+    clip = _tiny_clip()
+    spec = dataclasses.replace(vision_spec("ViT-L-14"), image_size=32, patch_size=16, width=32, layers=3, head_width=8)
+    if form == "full-clip":
+        path = tmp_path / "open_clip_pytorch_model.bin"
+        torch.save(clip.state_dict(), path)
+    elif form == "visual-only":
+        path = tmp_path / "visual.pt"
+        torch.save(clip.visual.state_dict(), path)
+    else:
+        from safetensors.torch import save_file
+
+        path = tmp_path / "open_clip_model.safetensors"
+        save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
+    tower = build_tower(spec).eval()
+    left_out = load_vision_weights(tower, str(path), "ViT-L-14")
+    assert left_out == ["proj"]  # the CLIP's 32 -> 24 projection is not used (the raw last-block output is)
+    own, theirs = tower.state_dict(), clip.visual.state_dict()
+    for k in own:
+        if k != "proj":
+            assert torch.equal(own[k], theirs[k]), k
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(_blocks_out(tower, images), _blocks_out(clip.visual, images))

@@ -101,7 +101,7 @@ def test_another_tokenizer_than_the_prepared_one_is_refused(tmp_path, tiny_overr
     vocab["model"]["vocab"]["zzzz-new-token"] = max(vocab["model"]["vocab"].values()) + 1
     (other / "tokenizer.json").write_text(json.dumps(vocab))
     config = _config(tiny_overrides, f"tokenizer={other}")
-    with pytest.raises(DataError, match=r"another tokenizer than the one .* was prepared with"):
+    with pytest.raises(DataError, match=r"was prepared with another one .* --set prepared=NEW_FOLDER"):
         run_cell(config, 0, tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
 
