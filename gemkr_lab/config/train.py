@@ -48,8 +48,11 @@ class TrainConfig:
     """Seed of everything (official: 42)."""
     deterministic: bool = False
     """torch deterministic algorithms (the resume test uses them on CPU)."""
-    checkpoint_every_n_epochs: Annotated[int, AtLeast(1)] = 1
-    """Checkpoints (trainable parameters only) at epoch ends; resume continues from the last one."""
+    checkpoint_every_n_steps: Annotated[int, AtLeast(1)] = 200
+    """Checkpoint (trained parameters, optimizer, schedule, RNG and data position) every N optimizer steps and
+    at the end; a killed run resumes exactly from the last one, losing at most N steps."""
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    """Where training and decoding run: the GPU when there is one ("auto"), or the named kind."""
     num_workers: Annotated[int, AtLeast(0)] = 0
     """DataLoader workers."""
 

@@ -57,18 +57,48 @@ class EpochSampler(Sampler[int]):
 
     def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self._resume: tuple[int, int] | None = None  # (epoch, samples already seen in it)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at every epoch start."""
         self.epoch = epoch
 
+    def resume(self, epoch: int, seen: int) -> None:
+        """The next pass over `epoch` starts after its first `seen` samples (a mid-epoch resume)."""
+        self._resume = (epoch, seen)
+
     def __iter__(self):
-        if not self.shuffle:
-            return iter(range(self.n))
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.n).tolist())
+        order = (
+            np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+        )
+        skip = 0
+        if self._resume is not None:
+            epoch, seen = self._resume
+            self._resume = None
+            skip = seen if epoch == self.epoch else 0
+        return iter(order[skip:].tolist())
 
     def __len__(self) -> int:
         return self.n
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that Lightning checkpoints mid-epoch: its state is the epoch and the batches consumed.
+
+    Lightning saves `state_dict()` with every checkpoint and calls `load_state_dict()` on resume, so a run
+    killed anywhere continues with exactly the batches it had not seen (a plain DataLoader restarts the epoch).
+    `consumed` is set by the data module: the batches the training loop has processed in this epoch.
+    """
+
+    consumed: Any = None
+
+    def state_dict(self) -> dict[str, int]:
+        """Epoch and batches consumed in it."""
+        return {"epoch": self.sampler.epoch, "batches": int(self.consumed()) if self.consumed else 0}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Skip the consumed batches of the saved epoch on the next pass."""
+        self.sampler.resume(state["epoch"], state["batches"] * self.batch_size)
 
 
 class _Rows(Dataset):
@@ -79,7 +109,7 @@ class _Rows(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.owner.item(self.rows[i], self.split)
+        return self.owner.item(self.rows[i], self.split, index=i)
 
 
 class GeMKRDataModule(L.LightningDataModule):
@@ -108,6 +138,7 @@ class GeMKRDataModule(L.LightningDataModule):
         self.train_transform = train_image_transform(size) if data_config.augment_train_images else self.transform
         self.shuffle_objects = data_config.object_order == "shuffled"
         self._features: dict[tuple[str, str], torch.Tensor] = {}
+        self._train_sampler: EpochSampler | None = None
         self._images = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -130,11 +161,37 @@ class GeMKRDataModule(L.LightningDataModule):
             regions = regions[:p]
             if regions and self.config.detector != "none":
                 crops = torch.stack([self.transform(crop) for _, crop in regions])
-                out[: len(regions)] = self.vision.encode_regions(crops).float()
+                tower = next(self.vision.tower.parameters())  # on the training device: CPU crops go there
+                with torch.no_grad():
+                    out[: len(regions)] = self.vision.encode_regions(crops.to(tower.device)).float().cpu()
             self._features[key] = out
         return self._features[key]
 
-    def item(self, row: dict, split: str) -> dict[str, Any]:
+    def _image(self, image_id: str, transform, index: int) -> torch.Tensor:
+        """The transformed image.
+
+        Random augmentation draws from (seed, epoch, sample), not the global RNG, so that it is the same however
+        the run was interrupted, resumed or split over loader workers.
+        """
+        image = self._images.load(image_id)
+        if transform is self.transform:
+            return transform(image)
+        epoch = self._train_sampler.epoch if self._train_sampler is not None else 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(np.random.default_rng([self.seed, epoch, index]).integers(2**62)))
+            return transform(image)
+
+    def cache_region_features(self, split: str) -> None:
+        """Compute the region features of every image of `split` now, in this process, on the tower's device.
+
+        Called when a loader is made (Lightning asks for it after moving the model to its device), so worker
+        processes never touch the tower and a GPU tower never receives CPU crops.
+        """
+        rows = self.train_rows if split == "train" else self.test_rows
+        for image_id in dict.fromkeys(r["image_id"] for r in rows):
+            self.region_features(image_id, split)
+
+    def item(self, row: dict, split: str, index: int = 0) -> dict[str, Any]:
         """One sample: image tensor, region features, tokenised prompt parts and (train) the clue."""
         before, after = build_prompt(row["question"], row.get("caption", ""), self.config.append_caption)
         tok = self.tokenizer
@@ -142,7 +199,7 @@ class GeMKRDataModule(L.LightningDataModule):
         transform = self.train_transform if split == "train" else self.transform
         return {
             "qid": row["qid"],
-            "image": transform(self._images.load(row["image_id"])),
+            "image": self._image(row["image_id"], transform, index),
             "objects": self.region_features(row["image_id"], split),
             "before": bos + tok(before, add_special_tokens=False)["input_ids"],
             "after": tok(after, add_special_tokens=False)["input_ids"],
@@ -157,18 +214,28 @@ class GeMKRDataModule(L.LightningDataModule):
                 f"drop_last with {len(ds)} training rows and batch_size {self.batch_size} leaves no batch; "
                 "use more rows (limit_train), a smaller batch or train.drop_last=false"
             )
-        return DataLoader(
+        self.cache_region_features("train")  # on the tower's device, before any worker process starts
+        loader = ResumableLoader(
             ds,
             batch_size=self.batch_size,
             sampler=EpochSampler(len(ds), self.seed),
             collate_fn=collate,
             num_workers=self.num_workers,
             drop_last=self.drop_last,
+            # its own generator: making an iterator draws a seed, which must not shift the global RNG that
+            # dropout uses (a resumed run makes its iterator at another moment than the uninterrupted one)
+            generator=torch.Generator().manual_seed(self.seed),
         )
+        if getattr(self, "trainer", None) is not None:  # under Lightning: the loop's own count of this epoch
+            progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+            loader.consumed = lambda: progress.processed
+        self._train_sampler = loader.sampler
+        return loader
 
     def test_dataloader(self) -> DataLoader:
         """Test queries in file order."""
         ds = _Rows(self.test_rows, self, "test")
+        self.cache_region_features("test")
         return DataLoader(
             ds, batch_size=self.batch_size, shuffle=False, collate_fn=collate, num_workers=self.num_workers
         )

@@ -79,7 +79,8 @@ class GeMKRModule(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Restore the RNG states saved with the checkpoint."""
+        """Restore the RNG states saved with the checkpoint; note the step resumed from."""
+        self.resumed_from_step = int(checkpoint.get("global_step", 0))
         rng = checkpoint.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])

@@ -5,11 +5,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from gemkr_lab.config.data import DataConfig
 from gemkr_lab.config.model import ModelConfig
 from gemkr_lab.config.train import TrainConfig
+from gemkr_lab.model.checkpoints import LAST, AtomicCheckpointIO, resume_point
 from gemkr_lab.model.datamodule import GeMKRDataModule
 from gemkr_lab.model.module import GeMKRModule
 
@@ -27,11 +29,14 @@ def fit(
     limit_train: int | None = None,
     logger: Any = False,
     callbacks: list | None = None,
-    accelerator: str = "auto",
+    accelerator: str | None = None,
 ) -> GeMKRModule:
     """Train for `train_config.max_steps` optimizer steps; checkpoints go to `out/checkpoints`.
 
-    With `resume`, an existing `last.ckpt` is continued (weights, optimizer, schedule, RNG, loop position).
+    A checkpoint is written (atomically, see `gemkr_lab.model.checkpoints`) every
+    `train_config.checkpoint_every_n_steps` optimizer steps and at the end. With `resume`, the newest loadable
+    one is continued exactly: weights, optimizer, schedule, RNG states and the data position within the epoch.
+    `module.resumed_from_step` says which step it continued from (None: a fresh start).
     """
     out = Path(out)
     L.seed_everything(train_config.seed, workers=True, verbose=False)
@@ -53,8 +58,8 @@ def fit(
         dirpath=ckpt_dir,
         save_last=True,
         save_top_k=0,
-        every_n_epochs=train_config.checkpoint_every_n_epochs,
-        save_on_train_epoch_end=True,
+        every_n_train_steps=train_config.checkpoint_every_n_steps,
+        save_on_train_epoch_end=False,
     )
     trainer = L.Trainer(
         max_steps=train_config.max_steps,
@@ -63,7 +68,8 @@ def fit(
         precision=train_config.precision,
         strategy=train_config.strategy,
         devices=train_config.devices,
-        accelerator=accelerator,
+        accelerator=accelerator or train_config.accelerator,
+        plugins=[AtomicCheckpointIO()],
         deterministic=train_config.deterministic,
         default_root_dir=str(out),
         logger=logger,
@@ -74,7 +80,18 @@ def fit(
         log_every_n_steps=max(1, min(50, train_config.max_steps // 20)),
         limit_val_batches=0,
     )
-    last = ckpt_dir / "last.ckpt"
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resume and last.is_file() else None)
+    start = resume_point(ckpt_dir) if resume else None
+    module.resumed_from_step = None  # set by GeMKRModule.on_load_checkpoint
+    trainer.fit(module, datamodule=data, ckpt_path=str(start) if start else None)
+    trainer.save_checkpoint(ckpt_dir / LAST)  # the final weights (max_steps need not be a multiple of N)
     module.datamodule = data  # type: ignore[attr-defined]
     return module
+
+
+def run_device(train_config: TrainConfig) -> torch.device:
+    """The device a run decodes on: the accelerator it trained on (Lightning hands the module back on the CPU)."""
+    if train_config.accelerator != "cpu" and torch.cuda.is_available():
+        return torch.device("cuda")
+    if train_config.accelerator == "gpu":
+        raise RuntimeError("train.accelerator=gpu but no CUDA device is visible; use auto or cpu")
+    return torch.device("cpu")

@@ -9,6 +9,7 @@ from gemkr_lab.data.prepare import Preparer
 from gemkr_lab.data.world import make_world
 from gemkr_lab.kb.tokenize import load_tokenizer
 from gemkr_lab.model.module import lr_at
+from gemkr_lab.model.checkpoints import previous
 from gemkr_lab.model.train import fit
 
 
@@ -37,7 +38,8 @@ class _Crash(L.Callback):
 
 def _fit(world, out, steps, model_config, callbacks=None, **train):
     w, p, tok = world
-    cfg = TrainConfig(max_steps=steps, batch_size=4, accumulate_grad_batches=1, warmup_steps=5, **train)
+    train = {"batch_size": 4, **train}
+    cfg = TrainConfig(max_steps=steps, accumulate_grad_batches=1, warmup_steps=5, **train)
     data = DataConfig()
     return fit(
         p,
@@ -60,19 +62,58 @@ def test_a_tiny_model_overfits_a_small_batch(world, tmp_path):
     assert float(module.trainer.callback_metrics["train/loss"]) < 0.1
 
 
-def test_a_killed_run_resumes_to_the_same_weights(world, tmp_path):
+@pytest.mark.parametrize("kill_at", [4, 5, 7])
+def test_a_killed_run_resumes_mid_epoch_to_the_same_weights(world, tmp_path, kill_at):
+    """8 rows in batches of 3 (drop_last off): epochs of 3 steps, checkpoints every 2 - mostly mid-epoch."""
     config = ModelConfig(vision_model="tiny-vit")  # LoRA with dropout: the RNG state must be restored too
-    whole = _fit(world, tmp_path / "whole", 8, config, lr=1e-3, deterministic=True)
-    with pytest.raises(_Killed):  # killed in epoch 3 of 4; the checkpoint of epoch 2 survives
-        _fit(world, tmp_path / "cut", 8, config, callbacks=[_Crash(at_step=5)], lr=1e-3, deterministic=True)
-    resumed = _fit(world, tmp_path / "cut", 8, config, lr=1e-3, deterministic=True)
+    train = dict(lr=1e-3, deterministic=True, checkpoint_every_n_steps=2, batch_size=3)
+    whole = _fit(world, tmp_path / "whole", 9, config, **train)
+    with pytest.raises(_Killed):
+        _fit(world, tmp_path / "cut", 9, config, callbacks=[_Crash(at_step=kill_at)], **train)
+    resumed = _fit(world, tmp_path / "cut", 9, config, **train)
+    assert resumed.resumed_from_step == kill_at // 2 * 2  # it continued from the last checkpoint, not step 0
     a, b = whole.model.trainable_state_dict(), resumed.model.trainable_state_dict()
     assert a.keys() == b.keys() and len(a) > 0
     for k in a:
         assert torch.equal(a[k], b[k]), k
     ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert all(k.startswith("model.") for k in ckpt["state_dict"])
+    assert ckpt["global_step"] == 9
     assert set(ckpt["state_dict"]) == {f"model.{k}" for k in resumed.model.checkpoint_state_dict()}
+
+
+def test_an_unloadable_checkpoint_is_set_aside_and_the_previous_one_used(world, tmp_path):
+    config = ModelConfig(vision_model="tiny-vit")
+    train = dict(lr=1e-3, deterministic=True, checkpoint_every_n_steps=2, batch_size=3)
+    with pytest.raises(_Killed):
+        _fit(world, tmp_path / "cut", 9, config, callbacks=[_Crash(at_step=5)], **train)
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 4
+    assert torch.load(previous(last), weights_only=False)["global_step"] == 2
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as a full disk once left it
+    with pytest.warns(UserWarning, match="cannot be loaded"):
+        resumed = _fit(world, tmp_path / "cut", 9, config, **train)
+    assert resumed.resumed_from_step == 2
+    assert list(last.parent.glob("last.ckpt.corrupt-*"))
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    import errno
+
+    from gemkr_lab.model import checkpoints
+
+    io = checkpoints.AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, path)
+    before = path.read_bytes()
+
+    def full(target, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(checkpoints, "write_bytes", full)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"global_step": 2}, path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert checkpoints.resume_point(tmp_path) == path
 
 
 def test_checkpoints_hold_frozen_weights_only_when_they_were_random():
