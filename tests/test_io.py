@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -161,9 +162,8 @@ def test_atomic_directory_replaces_as_a_unit(tmp_path):
     final = tmp_path / "idx"
     with gio.atomic_directory(final, overwrite=False) as staging:
         (staging / "a").write_text("1")
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        with gio.atomic_directory(final, overwrite=False):
-            pass
+    with pytest.raises(FileExistsError, match="--overwrite"), gio.atomic_directory(final, overwrite=False):
+        pass
     with pytest.raises(RuntimeError), gio.atomic_directory(final, overwrite=True) as staging:
         (staging / "a").write_text("2")
         raise RuntimeError("build failed")
@@ -225,5 +225,5 @@ def test_pid_alive():
 
 
 def test_io_is_a_leaf():
-    source = (gio.__file__ and open(gio.__file__, encoding="utf-8").read()) or ""
+    source = Path(gio.__file__).read_text(encoding="utf-8")
     assert "gemkr_lab" not in "".join(line for line in source.splitlines() if line.startswith(("import", "from")))

@@ -124,7 +124,8 @@ def build(cls, values: dict[str, Any], where: str, sources: dict[str, str] | Non
             hint = difflib.get_close_matches(key, known, n=1)
             origin = _origin(sources, path)
             raise ConfigError(
-                f"{origin}: unknown key {path!r} in {cls.__name__}" + (f"; did you mean {prefix + hint[0]!r}?" if hint else "")
+                f"{origin}: unknown key {path!r} in {cls.__name__}"
+                + (f"; did you mean {prefix + hint[0]!r}?" if hint else "")
             )
         sub = hints[key] if is_dataclass(hints[key]) else None
         if sub is not None:

@@ -271,8 +271,6 @@ def _read_jsonl(path: Path, normalise: Callable[[str], str]) -> Iterator[Passage
             raise CorpusError(path, f'"id" must be a string or an integer, not {obj["id"]!r}', line=line_no)
         if not isinstance(obj["text"], str):
             raise CorpusError(path, f'"text" must be a string, not {obj["text"]!r}', line=line_no)
-        passage = Passage(
-            id=str(obj["id"]).strip(), text=normalise(obj["text"]), title=str(obj.get("title") or "")
-        )
+        passage = Passage(id=str(obj["id"]).strip(), text=normalise(obj["text"]), title=str(obj.get("title") or ""))
         _check_passage(path, line_no, passage.id, passage.text)
         yield passage

@@ -5,6 +5,7 @@ that would crash a GPU run (a CPU index tensor in the forward, CPU crops into a 
 after Lightning moved the module back).
 """
 
+import contextlib
 from types import SimpleNamespace
 
 import torch
@@ -35,9 +36,9 @@ def test_forward_and_prompt_embeds_run_on_the_meta_device():
     for config in (TINY, ModelConfig(vision_model="tiny-vit", attention_flow="joint", use_lora=False)):
         model = GeMKR(config, 64, device="meta")
         assert {p.device.type for p in model.parameters()} == {"meta"}
-        got = {}
+        got: dict[str, str] = {}
 
-        def llm(**inputs):
+        def llm(got=got, **inputs):
             got.update({k: v.device.type for k, v in inputs.items()})
             return SimpleNamespace(loss=inputs["inputs_embeds"].sum())
 
@@ -103,8 +104,6 @@ def test_run_cell_decodes_on_the_runs_device_after_fit(tmp_path, tiny_overrides,
     monkeypatch.setattr(train, "run_device", lambda cfg: torch.device("meta"))  # stands in for "cuda"
     monkeypatch.setattr(GeMKRDataModule, "cache_region_features", lambda self, split: None)  # tested above
     monkeypatch.setattr(infer, "decode_batches", spy_decode)
-    try:
+    with contextlib.suppress(Stop):
         run_cell(load_experiment("tiny-cpu/full", tiny_overrides), 0, tmp_path)
-    except Stop:
-        pass
     assert used == ["meta"]

@@ -8,8 +8,8 @@ from gemkr_lab.config import DataConfig, ModelConfig, TrainConfig
 from gemkr_lab.data.prepare import Preparer
 from gemkr_lab.data.world import make_world
 from gemkr_lab.kb.tokenize import load_tokenizer
-from gemkr_lab.model.module import lr_at
 from gemkr_lab.model.checkpoints import previous
+from gemkr_lab.model.module import lr_at
 from gemkr_lab.model.train import fit
 
 

@@ -46,5 +46,7 @@ def test_unknown_preset_suggests_the_closest(tmp_path):
         load_experiment("tiny-cpu/ful")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  use_object_prefx: true\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml:2: unknown key 'model.use_object_prefx'.*'model.use_object_prefix'"):
+    with pytest.raises(
+        ConfigError, match=r"bad\.yaml:2: unknown key 'model.use_object_prefx'.*'model.use_object_prefix'"
+    ):
         load_experiment(str(bad))
