@@ -164,7 +164,9 @@ def _prepare(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from gemkr_lab.config.experiment import load_experiment
     from gemkr_lab.run.cell import run_cell, run_dir, with_seed
+    from gemkr_lab.sweep.grid import exit_with_launcher
 
+    exit_with_launcher()  # launched by a sweep: end when it dies
     config = load_experiment(args.experiment, args.overrides)
     means = run_cell(config, args.seed, args.root, list(args.overrides))
     print(f"{config.name} seed {args.seed} -> {run_dir(args.root, with_seed(config, args.seed))}")
@@ -200,10 +202,16 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"search {search.name}: {result}")
         return 0
     sweep = load_sweep(args.sweep)
-    result = run_sweep(sweep, retries=args.retries, **common)
+    result = run_sweep(sweep, retries=args.retries, retry_failed=args.retry_failed, **common)
     print(f"sweep {sweep.name}: {result['complete']}/{result['ran']} runs complete", end="")
     print(f", failed: {result['failed']}" if result["failed"] else "")
-    return 1 if result["failed"] else 0
+    print(f"grid: {result['grid_complete']}/{result['grid_total']} (cell, seed) pairs complete")
+    for cell, seeds in result["failed_for_good"].items():
+        listed = "; ".join(f"seed {s['seed']} after {s['attempts']} attempts: {s['error']}" for s in seeds)
+        print(f"failed for good (retries exhausted): {cell}: {listed}")
+    if result["failed_for_good"]:
+        print(f"-> {Path(sweep.root) / 'failed.json'}; run again with --retry-failed (or more --retries)")
+    return 1 if result["failed"] or result["failed_for_good"] or result["grid_complete"] < result["grid_total"] else 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -422,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: a journal file under the sweep's root)",
     )
     sweep.add_argument("--new-study", action="store_true", help="start over if the sweep file changed")
+    sweep.add_argument(
+        "--retry-failed", action="store_true", help="queue again the cells whose retries were exhausted (fresh count)"
+    )
     sweep.add_argument("--gpus-per-trial", type=non_negative_int, default=0, help="GPUs pinned to each worker")
     sweep.set_defaults(func=_sweep)
 

@@ -9,6 +9,8 @@
   renamed into place only when the block finishes. A process killed meanwhile (SIGTERM, SIGKILL, power)
   leaves its staging directory behind; the next `atomic_directory` for the same target removes the ones
   whose process (on this host) is gone (`clean_stale`).
+- `lock` / `lock_holder`: an exclusive OS file lock (`flock`) held for a block, released by the kernel when
+  the holding process dies (also by SIGKILL), so a lock is never left behind by a dead process.
 """
 
 import contextlib
@@ -21,6 +23,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -28,12 +31,15 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "LockHeld",
     "atomic_directory",
     "atomic_write",
     "clean_stale",
     "current_umask",
     "default_file_mode",
     "describe_os_error",
+    "lock",
+    "lock_holder",
     "pid_alive",
     "write_bytes",
     "write_json",
@@ -203,6 +209,106 @@ def clean_stale(directory: str | Path, name: str | None = None) -> list[Path]:
         if not entry.exists():
             removed.append(entry)
     return removed
+
+
+class LockHeld(OSError):
+    """Another process holds the lock; the message names it (pid, host, since when)."""
+
+
+LOCK_GRACE_SECONDS = 1.0
+"""A lock found held is tried again for this long before giving up: `lock_holder` probes take it for an instant."""
+
+
+def _open_lock(path: Path, create: bool) -> int:
+    flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        return os.open(path, flags, default_file_mode())
+    except PermissionError:  # a lock file we may only read: enough to probe it
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _holder(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe_holder(info: dict) -> str:
+    if not info:
+        return "another process"
+    return f"pid {info.get('pid', '?')} on {info.get('host', '?')} since {info.get('since', '?')}"
+
+
+@contextmanager
+def lock(path: str | Path, *, wait: float | None = 0.0, what: str | None = None) -> Iterator[Path]:
+    """Hold an exclusive OS lock on the file `path` (created) for the block.
+
+    The lock is `flock` on an open file: the kernel releases it when the block ends or the process dies in any
+    way (SIGKILL included), so a dead holder never blocks anyone. While held, the file names the holder (host,
+    pid, since) for messages. Processes forked by the holder share its lock; threads and processes that open
+    the file themselves contend for it.
+
+    Args:
+        path: the lock file (its directory must exist); it is kept afterwards (removing it would race).
+        wait: seconds to wait for a holder to let go (None: as long as it takes). With 0 a held lock is tried
+            again only for `LOCK_GRACE_SECONDS` (another process's `lock_holder` may be probing it).
+        what: what the lock protects, for the message (default: the path).
+
+    Raises:
+        LockHeld: still held by another holder after waiting; the message names the holder.
+    """
+    import fcntl
+
+    path = Path(path)
+    fd = _open_lock(path, create=True)
+    try:
+        deadline = None if wait is None else time.monotonic() + max(wait, LOCK_GRACE_SECONDS)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise LockHeld(
+                        f"{what or path} is locked by {_describe_holder(_holder(path))} ({path}); "
+                        "the lock goes when that process ends"
+                    ) from None
+                time.sleep(0.05)
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def lock_holder(path: str | Path) -> dict | None:
+    """Who holds the lock on `path` ({host, pid, since}; {} when unknown), or None when nobody does.
+
+    A probe: it takes the lock shared for an instant (never waiting), which a holder's `lock` rides out.
+    """
+    import fcntl
+
+    path = Path(path)
+    try:
+        fd = _open_lock(path, create=False)
+    except OSError:  # no lock file (or no directory): nobody ever locked it
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(path)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _fsync_tree(root: Path) -> None:

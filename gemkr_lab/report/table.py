@@ -32,7 +32,7 @@ from gemkr_lab.report.stats import (
     t_interval,
 )
 from gemkr_lab.run.cell import read_manifest
-from gemkr_lab.sweep.grid import GridSweep, current_run
+from gemkr_lab.sweep.grid import GridSweep, current_run, failed_for_good
 
 METRICS = ("P@5", "R@5", "R@10", "MRR@10")
 TOLERANCE = {"ok": 1.0, "ok-ish": 3.0}  # points: |ours - paper| within these -> OK / OK-ish, else FAIL
@@ -258,6 +258,16 @@ def notes(sweep: GridSweep, significance_metric: str = "R@5", metrics: tuple[str
         "number shows its distance and is never graded; a row shown beside another variant's number shows "
         "Δ (ours − published), not graded.",
         *_sources(sweep)[1],
+        *_given_up(sweep),
+    ]
+
+
+def _given_up(sweep: GridSweep) -> list[str]:
+    """One note per cell with seeds whose retries are exhausted (`<root>/failed.json`, written by the sweep)."""
+    return [
+        f"Failed for good (retries exhausted; `gemkr-lab sweep --retry-failed` queues them again): {cell}: "
+        + "; ".join(f"seed {s['seed']} after {s['attempts']} attempts: {s['error']}" for s in seeds)
+        for cell, seeds in failed_for_good(sweep).items()
     ]
 
 

@@ -9,6 +9,7 @@ status), checkpoints, per-query records, the TREC run and the metrics. A complet
 an incomplete one is resumed (training continues from its last checkpoint).
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,9 +24,12 @@ from typing import Any
 import yaml
 
 from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, build, to_dict
+from gemkr_lab.io import lock
 from gemkr_lab.kb.storage import write_json, write_text
 
 MANIFEST = "manifest.json"
+RUN_LOCK = "run.lock"
+"""Held (an OS lock, `gemkr_lab.io.lock`) by the one process training the run, for the whole of `run_cell`."""
 PACKAGES = ("torch", "transformers", "peft", "lightning", "open_clip_torch", "numpy", "numba", "gemkr_lab")
 NOT_IDENTITY = ("name", "data_root", "prepared", "tokenizer", "tracking")
 """Fields that say where things are or how they are shown, not what is computed: left out of a run's identity
@@ -103,13 +107,23 @@ def run_cell(config: ExperimentConfig, seed: int, root: str | Path, overrides: l
             "(then train with prepared=NEW_FOLDER)"
         )
     out = run_dir(root, config)
+    out.mkdir(parents=True, exist_ok=True)
+    # One trainer per run directory: a second fails at once (exit 2), naming the holder; it would have nothing
+    # to do but wait and then find the run complete. A DDP rank > 0 is the holder's own child.
+    held = lock(out / RUN_LOCK, what=f"run {out}") if not int(os.environ.get("LOCAL_RANK") or 0) else None
+    with held or contextlib.nullcontext():
+        return _run_locked(config, seed, out, stamp, tokenizer, overrides)
+
+
+def _run_locked(config: ExperimentConfig, seed: int, out: Path, stamp: dict, tokenizer, overrides) -> dict:
     manifest = read_manifest(out)
     if manifest and manifest.get("status") == "complete":
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))["means"]
-    out.mkdir(parents=True, exist_ok=True)
+    earlier = _earlier_train_seconds(manifest, out)
     write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     write_text(out / "overrides.txt", "\n".join(overrides or []) + "\n")
     manifest = _manifest(config, seed, stamp, previous=manifest)
+    manifest["train_seconds_attempts"] = earlier
     write_json(out / MANIFEST, manifest)
     try:
         metrics = _train_decode_score(config, out, manifest, tokenizer)
@@ -152,21 +166,25 @@ def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict, tok
 
     index = open_index(Path(config.prepared) / "index", tokenizer_fingerprint=tokenizer_fingerprint(tokenizer))
     logger = _logger(config, out, manifest)
+    manifest["attempt_started_at"] = time.time()  # lets the next attempt count this one if it is killed
     write_json(out / MANIFEST, manifest)  # the W&B run id is on disk before training starts
     started = time.perf_counter()
-    module = fit(
-        config.prepared,
-        config.data_root,
-        tokenizer,
-        out,
-        model_config=config.model,
-        data_config=config.data,
-        train_config=config.train,
-        limit_train=config.limit_train,
-        logger=logger or False,
-        callbacks=_search_callbacks(),
-    )
-    manifest["train_seconds"] = round(time.perf_counter() - started, 2)
+    try:
+        module = fit(
+            config.prepared,
+            config.data_root,
+            tokenizer,
+            out,
+            model_config=config.model,
+            data_config=config.data,
+            train_config=config.train,
+            limit_train=config.limit_train,
+            logger=logger or False,
+            callbacks=_search_callbacks(),
+        )
+    finally:  # every attempt's training time counts (cost columns), a failed or stopped one's too
+        manifest["train_seconds_attempts"].append(round(time.perf_counter() - started, 2))
+        manifest["train_seconds"] = round(sum(manifest["train_seconds_attempts"]), 2)
     manifest["trainable_parameters"] = dict(module.model.components())
     evaluation, records, ms = _decode_and_score(config, module.model, module.datamodule, index, tokenizer, out)
     manifest["decode_ms_per_query"] = ms
@@ -272,6 +290,16 @@ def _manifest(config: ExperimentConfig, seed: int, stamp: dict, previous: dict |
         "fingerprint": run_fingerprint(config),
         "wandb_run_id": (previous or {}).get("wandb_run_id"),
     }
+
+
+def _earlier_train_seconds(previous: dict | None, out: Path) -> list[float]:
+    """Training seconds of the run's earlier attempts; a killed one (no record) counts until its last write."""
+    seconds = list((previous or {}).get("train_seconds_attempts") or [])
+    if previous and previous.get("status") == "running" and previous.get("attempt_started_at"):
+        mine = (RUN_LOCK, "log.txt")  # written by this attempt (and its launcher) already
+        last = max((p.stat().st_mtime for p in out.rglob("*") if p.is_file() and p.name not in mine), default=0.0)
+        seconds.append(round(max(0.0, last - previous["attempt_started_at"]), 2))
+    return seconds
 
 
 def _git() -> dict[str, Any]:

@@ -12,12 +12,22 @@ A sweep file (`sweeps/*.yaml`):
 Coordination goes through an Optuna storage (`gemkr_lab.sweep.study`): each (cell, seed) is one queued trial,
 claimed atomically, so two sweep commands (or machines) at once never run a cell twice. Running the same
 command again re-queues the runs of dead workers and resumes incomplete run directories.
+
+Exactly once under faults: the process that trains holds its run directory's lock (`run.lock`) and ends when
+its launcher dies (`exit_with_launcher`); a run whose lock is held is never launched again (the worker waits),
+nor its trial judged dead. Every worker, at start and before it leaves, re-queues dead workers' trials and
+queues each (cell, seed) left without a complete run or a queued/running trial; it leaves only when no trial
+is queued or running. A (cell, seed) whose retries are exhausted is not queued again: it is listed per cell in
+the result and in `<root>/failed.json` (shown by the report), and `retry_failed` queues it again.
 """
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +37,8 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, load_experiment
-from gemkr_lab.run.cell import read_manifest, run_dir, run_fingerprint, with_seed
+from gemkr_lab.io import lock_holder, write_json
+from gemkr_lab.run.cell import RUN_LOCK, read_manifest, run_dir, seed_dir, with_seed
 from gemkr_lab.sweep import study as study_mod
 from gemkr_lab.sweep.variants import prepared_overrides
 
@@ -151,6 +162,12 @@ def pending(sweep: GridSweep) -> list[tuple[str, int]]:
     return out
 
 
+POLL_SECONDS = 3.0
+"""How often an idle worker looks again for trials to claim, dead workers' trials and released run locks."""
+FAILED = "failed.json"
+"""Under the sweep root: the (cell, seed) pairs whose retries are exhausted, per cell (written by `run_sweep`)."""
+
+
 def run_sweep(
     sweep: GridSweep,
     workers: int = 1,
@@ -159,8 +176,12 @@ def run_sweep(
     new_study: bool = False,
     gpus_per_trial: int = 0,
     progress: bool | None = None,
+    retry_failed: bool = False,
 ) -> dict:
     """Run every queued (cell, seed) of the sweep's study, each in a fresh process, `workers` at a time.
+
+    Returns when no trial is queued or running (also not in other commands: dead workers' trials are re-queued
+    once stale, and run), so that a (cell, seed) is either complete or failed for good.
 
     Args:
         sweep: the grid.
@@ -170,16 +191,24 @@ def run_sweep(
         new_study: start over when the sweep file changed since its study was made.
         gpus_per_trial: GPUs per run, pinned through CUDA_VISIBLE_DEVICES.
         progress: progress bar (default: only on a terminal).
+        retry_failed: queue again the (cell, seed) pairs whose retries were exhausted, with a fresh count.
+
+    Returns:
+        ran / complete: trials this command ran and completed; failed: (cell, seed, status) of its runs that
+        failed and are still not complete; failed_for_good: cell -> [{seed, attempts, error}] of pairs whose
+        retries are exhausted (also written to `<root>/failed.json`); grid_complete / grid_total: pairs.
     """
-    store = study_mod.open_storage(storage, Path(sweep.root))  # an unreachable storage stops us before any work
+    root = Path(sweep.root)
+    store = study_mod.open_storage(storage, root)  # an unreachable storage stops us before any work
     plan = {}  # each distinct data variant is prepared once, before any cell runs
     for cell in sweep.cells:
         for seed in sweep.seeds:
             config, overrides = cell_run(sweep, cell, seed, prepare=True)
-            plan[cell, seed] = (overrides, run_fingerprint(config))
-    study = study_mod.grid_study(sweep.name, store, sweep.cells, sweep.seeds, sweep.overrides, new_study)
-    study_mod.requeue_stale(study, store, retries)
-    _queue_changed_configs(study, store, plan)
+            plan[cell, seed] = (overrides, run_dir(sweep.root, config))
+    with study_mod.queue_lock(root):
+        study = study_mod.grid_study(sweep.name, store, sweep.cells, sweep.seeds, sweep.overrides, new_study)
+    queue = _Queue(sweep, study, store, plan, retries)
+    queue.reconcile(retry_failed=retry_failed)
     groups = _gpu_groups(workers, gpus_per_trial)
     todo = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     bar = tqdm(total=todo, desc=f"sweep {sweep.name}", disable=None if progress is None else not progress)
@@ -189,36 +218,115 @@ def run_sweep(
         while True:
             trial = study_mod.claim(study, store)
             if trial is None:
-                return
+                if queue.reconcile():  # dead workers' trials re-queued, forgotten pairs queued
+                    continue
+                if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+                    return
+                time.sleep(POLL_SECONDS)  # runs of other workers: wait for them (or for them to go stale)
+                continue
             cell, seed = trial.user_attrs["cell"], int(trial.user_attrs["seed"])
-            with study_mod.Heartbeat(store, trial._trial_id):
-                status, value = _run_process(sweep, cell, seed, plan[cell, seed][0], groups[slot])
-            study_mod.finish(study, store, trial, status == "complete", value, status, retries)
+            overrides, out = plan[cell, seed]
+            stop = threading.Event()
+            with study_mod.Heartbeat(store, trial._trial_id, on_lost=stop.set) as beat:
+                status, value = _run_process(cell, seed, overrides, sweep.root, out, groups[slot], stop)
+            if beat.lost.is_set():  # judged dead and re-queued by another command: its run was stopped
+                outcome.append((cell, seed, "stopped: another worker took over its trial"))
+                continue
+            with study_mod.queue_lock(root):  # a failure and its retry are one step for every other command
+                study_mod.finish(study, store, trial, status == "complete", value, status, retries)
             outcome.append((cell, seed, status))
             bar.update(1)
 
     with bar, ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(worker, range(max(1, workers))))
-    failed = [o for o in outcome if o[2] != "complete" and (o[0], o[1]) in set(pending(sweep))]
-    return {"ran": len(outcome), "complete": sum(o[2] == "complete" for o in outcome), "failed": failed}
+    queue.reconcile()  # before leaving: nothing forgotten
+    left = set(pending(sweep))
+    failed = [o for o in outcome if o[2] != "complete" and (o[0], o[1]) in left]
+    given_up = write_failed(sweep, queue.exhausted)
+    return {
+        "ran": len(outcome),
+        "complete": sum(o[2] == "complete" for o in outcome),
+        "failed": failed,
+        "failed_for_good": given_up,
+        "grid_complete": len(plan) - len(left),
+        "grid_total": len(plan),
+    }
 
 
-def _queue_changed_configs(study, store, plan: dict) -> None:
-    """Tie each queued trial to the run fingerprint it stands for; queue pairs whose config changed.
+class _Queue:
+    """The queue upkeep every worker does at start, when idle and before leaving (under the root's queue lock)."""
 
-    A (cell, seed) whose current config has no trial yet (a preset or its prepared data changed since the
-    study was made) gets one, so that a changed config is run again, never answered with the old metrics.
+    def __init__(self, sweep: GridSweep, study, store, plan: dict, retries: int) -> None:
+        self.sweep, self.study, self.store, self.plan, self.retries = sweep, study, store, plan, retries
+        self.exhausted: dict = {}
+
+    def busy(self, attrs: dict) -> bool:
+        """Whether a trainer holds the run lock of this trial's run (alive, whatever its heartbeat says)."""
+        if "cell" not in attrs or "run" not in attrs:
+            return False
+        cell, seed = str(attrs["cell"]), int(attrs.get("seed", -1))
+        planned = self.plan.get((cell, seed))
+        seeds = planned[1].parent if planned is not None else seed_dir(self.sweep.root, cell, seed)
+        return lock_holder(seeds / str(attrs["run"]) / RUN_LOCK) is not None
+
+    def reconcile(self, retry_failed: bool = False) -> int:
+        """Re-queue dead workers' trials, tie fresh trials to their run, queue forgotten pairs; how many queued."""
+        with study_mod.queue_lock(self.sweep.root):
+            n = study_mod.requeue_stale(self.study, self.store, self.retries, busy=self.busy)
+            _tag_fresh_trials(self.study, self.store, self.plan)
+            done = {pair for pair, (_, out) in self.plan.items() if _complete(out)}
+            runs = {pair: out.name for pair, (_, out) in self.plan.items()}
+            queued, self.exhausted = study_mod.queue_missing(self.study, runs, done, self.retries, retry_failed)
+        return n + len(queued)
+
+
+def _complete(out: Path) -> bool:
+    return (read_manifest(out) or {}).get("status") == "complete"
+
+
+def _tag_fresh_trials(study, store, plan: dict) -> None:
+    """Tie each queued trial without a run to the run fingerprint of its (cell, seed)'s current config.
+
+    A (cell, seed) whose current config has no trial (a preset or its prepared data changed since the study was
+    made) is queued by `queue_missing`, so that a changed config is run again, never answered with old metrics.
     """
-    trials = study.get_trials(deepcopy=False)
-    for (cell, seed), (_, fingerprint) in plan.items():
-        mine = [t for t in trials if t.user_attrs.get("cell") == cell and int(t.user_attrs.get("seed", -1)) == seed]
-        if any(t.user_attrs.get("run") == fingerprint for t in mine):
-            continue
-        fresh = [t for t in mine if t.state == TrialState.WAITING and "run" not in t.user_attrs]
-        if fresh:
-            store.set_trial_user_attr(fresh[0]._trial_id, "run", fingerprint)
-        else:
-            study.enqueue_trial({}, user_attrs={"cell": cell, "seed": seed, "attempt": 1, "run": fingerprint})
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        planned = plan.get((t.user_attrs.get("cell"), int(t.user_attrs.get("seed", -1))))
+        if planned is not None and "run" not in t.user_attrs:
+            study_mod.retrying(store.set_trial_user_attr, t._trial_id, "run", planned[1].name)
+
+
+def write_failed(sweep: GridSweep, exhausted: dict) -> dict[str, list[dict]]:
+    """Write `<root>/failed.json`: per cell, the seeds whose retries are exhausted; returns that mapping."""
+    given_up: dict[str, list[dict]] = {}
+    for (cell, seed), trial in sorted(exhausted.items()):
+        error = trial.user_attrs.get("error", "failed")
+        given_up.setdefault(cell, []).append(
+            {"seed": seed, "attempts": int(trial.user_attrs.get("attempt", 1)), "error": error}
+        )
+    Path(sweep.root).mkdir(parents=True, exist_ok=True)
+    write_json(Path(sweep.root) / FAILED, {"format": 1, "sweep": sweep.name, "failed": given_up})
+    return given_up
+
+
+def failed_for_good(sweep: GridSweep) -> dict[str, list[dict]]:
+    """The (cell, seed) pairs of `<root>/failed.json` that are still not complete, per cell ({} when none)."""
+    path = Path(sweep.root) / FAILED
+    try:
+        given_up = json.loads(path.read_text(encoding="utf-8")).get("failed", {})
+    except (OSError, ValueError):
+        return {}
+    left = {}
+    for cell, seeds in given_up.items():
+        still = [s for s in seeds if cell in sweep.cells and not _complete_now(sweep, cell, int(s["seed"]))]
+        if still:
+            left[cell] = still
+    return left
+
+
+def _complete_now(sweep: GridSweep, cell: str, seed: int) -> bool:
+    run = current_run(sweep, cell, seed)
+    return run is not None and _complete(run)
 
 
 def _gpu_groups(workers: int, gpus_per_trial: int) -> list[str | None]:
@@ -234,10 +342,26 @@ def _gpu_groups(workers: int, gpus_per_trial: int) -> list[str | None]:
     return [",".join(str(g) for g in range(w * gpus_per_trial, (w + 1) * gpus_per_trial)) for w in range(workers)]
 
 
+LAUNCHER_ENV = "GEMKR_LAUNCHER_PID"
+STOP_GRACE_SECONDS = 30.0
+"""How long a stopped run is given to end on SIGTERM before it is killed."""
+
+
 def launch(
-    experiment: str, overrides, seed: int, root: str, out: Path, gpus: str | None, env: dict | None = None
+    experiment: str,
+    overrides,
+    seed: int,
+    root: str,
+    out: Path,
+    gpus: str | None,
+    env: dict | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
-    """Run one cell in a fresh `gemkr-lab run-cell` process logging to `out/log.txt`; returns its exit code."""
+    """Run one cell in a fresh `gemkr-lab run-cell` process logging to `out/log.txt`; returns its exit code.
+
+    The process ends when this one dies (`exit_with_launcher`), and is stopped (SIGTERM, then SIGKILL after
+    `STOP_GRACE_SECONDS`) when `stop` is set.
+    """
     out.mkdir(parents=True, exist_ok=True)
     # the overrides go before the options: argparse takes no positionals after them
     cmd = [
@@ -253,20 +377,84 @@ def launch(
         root,
     ]
     full_env = dict(os.environ, **(env or {}))
+    full_env[LAUNCHER_ENV] = str(os.getpid())
     if gpus is not None:
         full_env["CUDA_VISIBLE_DEVICES"] = gpus
     with open(out / "log.txt", "a", encoding="utf-8") as log:
-        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, check=False).returncode
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
+        try:
+            while True:
+                try:
+                    return proc.wait(timeout=None if stop is None else 0.5)
+                except subprocess.TimeoutExpired:
+                    if stop is not None and stop.is_set():
+                        _end(proc)
+        except BaseException:
+            _end(proc)
+            raise
+
+
+def _end(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def exit_with_launcher() -> None:
+    """In a process a sweep launched: end (SIGTERM) as soon as the launcher dies, even by SIGKILL.
+
+    So a run never trains on unobserved beside the one a restarted sweep would start. Linux: the kernel sends
+    the signal (prctl PR_SET_PDEATHSIG); elsewhere a watchdog thread polls the parent. Lightning turns the
+    SIGTERM into a stop at the next step (the run is marked failed, and resumed later). This process's own
+    children (DDP ranks) follow it in turn.
+    """
+    launcher = os.environ.get(LAUNCHER_ENV, "")
+    if not launcher.isdigit():
+        return
+    os.environ[LAUNCHER_ENV] = str(os.getpid())
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        try:
+            armed = ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+        if armed:
+            if os.getppid() != int(launcher):  # it died before the signal was armed
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+    def watch() -> None:
+        while os.getppid() == int(launcher):
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="exit-with-launcher", daemon=True).start()
 
 
 def _run_process(
-    sweep: GridSweep, cell: str, seed: int, overrides: list[str], gpus: str | None
+    cell: str, seed: int, overrides: list[str], root: str, out: Path, gpus: str | None, stop: threading.Event
 ) -> tuple[str, float | None]:
-    """One grid run; returns its status and objective (R@5)."""
-    out = run_dir(sweep.root, with_seed(load_experiment(cell, overrides), seed))
-    code = launch(cell, overrides, seed, sweep.root, out, gpus)
-    manifest = read_manifest(out) or {}
-    if code == 0 and manifest.get("status") == "complete":
-        means = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["means"]
-        return "complete", means.get("R@5")
-    return f"failed (exit {code}): {manifest.get('error', 'see log.txt')}", None
+    """One grid run; returns its status and objective (R@5).
+
+    Never a second trainer: while another process holds the run's lock (a trainer of a killed sweep, a manual
+    `train`), the worker waits for it (heartbeat going) and launches only then (the run is then complete or
+    resumed).
+    """
+    while True:
+        while lock_holder(out / RUN_LOCK) is not None and not stop.is_set():
+            time.sleep(POLL_SECONDS)
+        if stop.is_set():
+            return "stopped: its claim was lost", None
+        code = launch(cell, overrides, seed, root, out, gpus, stop=stop)
+        manifest = read_manifest(out) or {}
+        if code == 0 and manifest.get("status") == "complete":
+            means = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["means"]
+            return "complete", means.get("R@5")
+        if code != 0 and not stop.is_set() and lock_holder(out / RUN_LOCK) is not None:
+            continue  # another trainer took the lock first: wait for it, then launch again
+        return f"failed (exit {code}): {manifest.get('error', 'see log.txt')}", None

@@ -166,17 +166,24 @@ def run_search(
             }
             overrides += prepared_overrides(load_experiment(sweep.base, overrides), sweep.root)
             out = run_dir(sweep.root, with_seed(load_experiment(sweep.base, overrides), sweep.seed))
-            with study_mod.Heartbeat(store, trial._trial_id):
-                code = launch(sweep.base, overrides, sweep.seed, sweep.root, out, groups[slot], env)
+            stop = threading.Event()
+            with study_mod.Heartbeat(store, trial._trial_id, on_lost=stop.set) as beat:
+                code = launch(sweep.base, overrides, sweep.seed, sweep.root, out, groups[slot], env, stop=stop)
+            if beat.lost.is_set():  # judged dead by another command, which finished the trial: run stopped
+                continue
             manifest = read_manifest(out) or {}
-            if code == 0 and manifest.get("status") == "complete":
-                means = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["means"]
-                study.tell(trial, means[sweep.objective])
-            elif code == PRUNED_EXIT:
-                study.tell(trial, state=TrialState.PRUNED)
-            else:
-                store.set_trial_user_attr(trial._trial_id, "error", manifest.get("error", f"exit {code}"))
-                study.tell(trial, state=TrialState.FAIL)
+            try:
+                if code == 0 and manifest.get("status") == "complete":
+                    means = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["means"]
+                    study_mod.retrying(study.tell, trial, means[sweep.objective], skip_if_finished=True)
+                elif code == PRUNED_EXIT:
+                    study_mod.retrying(study.tell, trial, state=TrialState.PRUNED, skip_if_finished=True)
+                else:
+                    error = manifest.get("error", f"exit {code}")
+                    study_mod.retrying(store.set_trial_user_attr, trial._trial_id, "error", error)
+                    study_mod.retrying(study.tell, trial, state=TrialState.FAIL, skip_if_finished=True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # finished by someone else meanwhile
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(worker, range(max(1, workers))))
@@ -193,24 +200,20 @@ def _best(study: optuna.Study) -> dict | None:
 
 
 def _search_study(sweep, store, fp, sampler, pruner, new_study) -> optuna.Study:
-    try:
-        study = optuna.load_study(study_name=sweep.name, storage=store, sampler=sampler, pruner=pruner)
-    except KeyError:
-        study = None
+    """Load or create the search's study; a study still being created by another command is waited for."""
+    study = study_mod.settled_study(sweep.name, store, fp, sampler=sampler, pruner=pruner)
     if study is not None and study.user_attrs.get("fingerprint") != fp:
         if not new_study:
             raise ConfigError(f"the sweep file changed since study {sweep.name!r} was made; pass --new-study")
         optuna.delete_study(study_name=sweep.name, storage=store)
         study = None
     if study is None:
-        study = optuna.create_study(
-            study_name=sweep.name,
-            storage=store,
-            direction=sweep.direction,
-            sampler=sampler,
-            pruner=pruner,
-            load_if_exists=True,
-        )
+        try:
+            study = optuna.create_study(
+                study_name=sweep.name, storage=store, direction=sweep.direction, sampler=sampler, pruner=pruner
+            )
+        except optuna.exceptions.DuplicatedStudyError:  # another command created it a moment ago: wait for it
+            return _search_study(sweep, store, fp, sampler, pruner, new_study=False)
         study.set_user_attr("fingerprint", fp)
     return study
 

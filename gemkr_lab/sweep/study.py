@@ -4,12 +4,26 @@ Storage: Optuna's journal file under the sweep root by default (embedded, one ma
 (PostgreSQL for several machines). The study is created once with one WAITING trial per (cell, seed);
 workers claim a trial by moving it WAITING -> RUNNING, which the storage does atomically (a second claimer
 gets False), so a cell never runs twice, also with several sweep commands or machines at once. A claimed
-trial carries a heartbeat; RUNNING trials whose heartbeat stopped (a killed worker) are failed and queued
+trial carries a heartbeat; RUNNING trials whose worker is gone (a killed worker) are failed and queued
 again. Failed trials are retried up to a limit, with the error recorded.
+
+Under faults and races:
+- A study is created with its queued trials first and its fingerprint last: a study without a fingerprint is
+  still being made, and a command that finds one waits for it (`CREATING_SECONDS`), never calls it changed.
+- A trial is alive while a trainer holds its run's lock (`busy`), or while its launcher lives (this host) and
+  its heartbeat is fresh; until the claimer's first heartbeat the claim's own time stands in for it, so a claim
+  being completed is never judged dead.
+- Heartbeats and outcomes are written through storage outages (`retrying`); a worker whose trial was finished by
+  someone else has lost its claim (`Heartbeat.lost`), and `finish` then records nothing.
+- `queue_missing` queues every (cell, seed) with no complete run and no WAITING/RUNNING trial, except those whose
+  retries are exhausted: those are returned, to be reported, and queued again only when asked.
+- Commands on the same root serialise their queue changes (re-queue, retry, queue missing) with `queue_lock`.
 """
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -22,9 +36,17 @@ import optuna
 from optuna.trial import TrialState
 
 from gemkr_lab.config.experiment import ConfigError
+from gemkr_lab.io import lock
 
 HEARTBEAT_SECONDS = 10.0
 STALE_AFTER_SECONDS = 60.0
+OUTAGE_SECONDS = 300.0
+"""How long a storage write (heartbeat, claim, outcome) is tried again through a storage outage."""
+CREATING_SECONDS = 60.0
+"""How long a study without its fingerprint is taken to be still being created by another command."""
+QUEUE_LOCK = ".sweep-queue.lock"
+
+_log = logging.getLogger(__name__)
 
 
 def redact_url(url: str) -> str:
@@ -118,7 +140,25 @@ def open_storage(url: str | None, root: Path):
         reason = (getattr(exc, "orig", None) or exc).__str__().strip().splitlines() or [type(exc).__name__]
         why = _scrub(_scrub(reason[0], real), url)
         raise ConfigError(f"storage {shown} cannot be reached ({why}); nothing was started") from None
-    return optuna.storages.RDBStorage(real)
+    return _rdb_storage(real)
+
+
+def _rdb_storage(url: str, tries: int = 10):
+    """Optuna's RDB storage; on a new database, commands starting together all create its tables at once.
+
+    The losers of that race fail on the database's catalogue (duplicate type or table); they try again and find
+    the tables made.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    for attempt in range(tries):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except DBAPIError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.2 + 0.3 * attempt)
+    raise AssertionError("unreachable")
 
 
 def _missing_driver(shown: str, real: str, exc: ImportError) -> str:
@@ -141,14 +181,36 @@ def fingerprint(cells, seeds, overrides) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def settled_study(name: str, storage, fp: str, **kwargs) -> optuna.Study | None:
+    """The study `name` once its creator has finished making it (its fingerprint set), or None if none exists.
+
+    A study without a fingerprint is being created by another command (create, queue, fingerprint last); it is
+    waited for up to `CREATING_SECONDS`, then adopted with `fp` (its creator died before finishing: the pairs it
+    did not queue are queued by `queue_missing`).
+    """
+    deadline = time.monotonic() + CREATING_SECONDS
+    while True:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage, **kwargs)
+        except KeyError:
+            return None
+        if "fingerprint" in study.user_attrs:
+            return study
+        if time.monotonic() > deadline:
+            retrying(study.set_user_attr, "fingerprint", fp)
+            return study
+        time.sleep(0.2)
+
+
 def grid_study(name: str, storage, cells, seeds, overrides, new_study: bool = False) -> optuna.Study:
-    """Load the sweep's study, or create it with one queued trial per (cell, seed)."""
+    """Load the sweep's study, or create it with one queued trial per (cell, seed).
+
+    Race-free with other commands starting at the same moment: one creates it (the storage refuses a second
+    study of the same name), queues its trials and sets the fingerprint last; the others wait for that.
+    """
     fp = fingerprint(cells, seeds, overrides)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        study = None
+    study = settled_study(name, storage, fp)
     if study is not None and study.user_attrs.get("fingerprint") != fp:
         if not new_study:
             raise ConfigError(
@@ -160,33 +222,81 @@ def grid_study(name: str, storage, cells, seeds, overrides, new_study: bool = Fa
     if study is None:
         try:
             study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-        except optuna.exceptions.DuplicatedStudyError:  # another command created it a moment ago
-            return optuna.load_study(study_name=name, storage=storage)
-        study.set_user_attr("fingerprint", fp)
+        except optuna.exceptions.DuplicatedStudyError:  # another command created it a moment ago: wait for it
+            return grid_study(name, storage, cells, seeds, overrides)
         for cell in cells:
             for seed in seeds:
                 study.enqueue_trial({}, user_attrs={"cell": cell, "seed": int(seed), "attempt": 1})
+        study.set_user_attr("fingerprint", fp)  # last: the study is complete for every reader from here on
     return study
 
 
-def requeue_stale(study: optuna.Study, storage, retries: int, stale_after: float = STALE_AFTER_SECONDS) -> int:
+@contextlib.contextmanager
+def queue_lock(root: str | Path):
+    """Serialise queue changes (re-queue, retry, queue missing pairs) of all commands sharing this sweep root.
+
+    Each change reads the trials and then writes: two commands doing it at once would queue a pair twice.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with lock(root / QUEUE_LOCK, wait=None):
+        yield
+
+
+def _transient() -> tuple[type[BaseException], ...]:
+    kinds: list[type[BaseException]] = [OSError, optuna.exceptions.StorageInternalError]
+    try:
+        from sqlalchemy.exc import DBAPIError, DisconnectionError
+
+        kinds += [DBAPIError, DisconnectionError]
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
+def retrying(call, *args, seconds: float | None = None, **kwargs):
+    """`call(*args, **kwargs)`, tried again through a storage outage for up to `seconds` (`OUTAGE_SECONDS`)."""
+    deadline = time.monotonic() + (OUTAGE_SECONDS if seconds is None else seconds)
+    delay = 0.5
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except _transient() as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            _log.warning("storage unavailable (%s); trying again in %.1f s", type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
+
+
+def requeue_stale(study: optuna.Study, storage, retries: int, stale_after: float | None = None, busy=None) -> int:
     """Fail RUNNING trials whose worker is gone and queue them again; returns how many.
 
-    Gone: its process no longer exists on this host, or (any host) its heartbeat is older than `stale_after`.
+    Alive, whatever else: `busy(user_attrs)` is true (a trainer holds the trial's run lock: an orphaned trainer
+    of a killed sweep is waited for, never doubled). Otherwise gone: its launcher no longer exists on this host,
+    or (any host) its last heartbeat is older than `stale_after` (`STALE_AFTER_SECONDS`). Before the claimer's
+    first heartbeat, the trial's start (the claim) stands in for it: a claim being completed is alive.
     """
+    stale_after = STALE_AFTER_SECONDS if stale_after is None else stale_after
     now, n = time.time(), 0
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        beat = t.user_attrs.get("heartbeat", 0.0)
-        dead_here = t.user_attrs.get("host") == host and not _alive(int(t.user_attrs.get("pid", -1)))
-        if dead_here or now - beat > stale_after:
+        attrs = t.user_attrs
+        if busy is not None and busy(attrs):
+            continue
+        claimed = t.datetime_start.timestamp() if t.datetime_start is not None else now
+        beat = float(attrs.get("heartbeat") or claimed)
+        dead_here = attrs.get("host") == host and "pid" in attrs and not _alive(int(attrs["pid"]))
+        if not (dead_here or now - beat > stale_after):
+            continue
+        try:
             storage.set_trial_user_attr(t._trial_id, "error", "worker stopped (no heartbeat)")
-            try:
-                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # finished meanwhile
-            _retry(study, t.user_attrs, retries)
-            n += 1
+            if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                continue
+        except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+            continue  # finished meanwhile (by its worker or another command's re-queue)
+        _retry(study, attrs, retries)
+        n += 1
     return n
 
 
@@ -205,34 +315,107 @@ def _alive(pid: int) -> bool:
 def _retry(study: optuna.Study, attrs: dict, retries: int) -> None:
     if attrs.get("attempt", 1) <= retries:
         carried = {k: attrs[k] for k in ("cell", "seed", "run") if k in attrs}
-        study.enqueue_trial({}, user_attrs=carried | {"attempt": attrs.get("attempt", 1) + 1})
+        retrying(study.enqueue_trial, {}, user_attrs=carried | {"attempt": attrs.get("attempt", 1) + 1})
 
 
 def claim(study: optuna.Study, storage):
-    """Atomically take one WAITING trial (WAITING -> RUNNING); None when none is left."""
+    """Atomically take one WAITING trial (WAITING -> RUNNING); None when none is left.
+
+    The claim is complete when its heartbeat, host and pid are written; until then `requeue_stale` takes the
+    trial's start time (set by the storage with the state) as its heartbeat.
+    """
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        if storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+        try:
+            if not retrying(storage.set_trial_state_values, t._trial_id, TrialState.RUNNING):
+                continue
             for key, value in {
+                "heartbeat": time.time(),
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
-                "heartbeat": time.time(),
                 "node": platform.node(),
             }.items():
-                storage.set_trial_user_attr(t._trial_id, key, value)
-            return t
+                retrying(storage.set_trial_user_attr, t._trial_id, key, value)
+        except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+            continue  # finished or deleted meanwhile
+        return t
     return None
 
 
-class Heartbeat:
-    """Refreshes a claimed trial's heartbeat until stopped."""
+def queue_missing(
+    study: optuna.Study, runs: dict, done, retries: int, retry_failed: bool = False
+) -> tuple[list[tuple[str, int]], dict]:
+    """Queue every (cell, seed) with no complete run and no WAITING/RUNNING trial; nothing is forgotten.
 
-    def __init__(self, storage, trial_id: int) -> None:
+    Args:
+        study: the sweep's study.
+        runs: (cell, seed) -> the run fingerprint of its current config (trials of other configs do not count).
+        done: the (cell, seed) pairs whose current run is complete.
+        retries: a pair whose last trial failed is queued again while its attempts are at most `retries`.
+        retry_failed: also queue the pairs whose retries are exhausted, with a fresh count.
+
+    Returns:
+        The pairs queued, and {(cell, seed): last failed trial} of those whose retries are exhausted (not
+        queued unless `retry_failed`).
+    """
+    trials = study.get_trials(deepcopy=False)
+    queued, exhausted = [], {}
+    for (cell, seed), run in runs.items():
+        if (cell, seed) in done:
+            continue
+        mine = [
+            t
+            for t in trials
+            if t.user_attrs.get("cell") == cell
+            and int(t.user_attrs.get("seed", -1)) == seed
+            and t.user_attrs.get("run", run) == run
+        ]
+        if any(t.state in (TrialState.WAITING, TrialState.RUNNING) for t in mine):
+            continue
+        last = max(mine, key=lambda t: t.number, default=None)
+        attempt = 1
+        if last is not None and last.state == TrialState.FAIL:
+            attempt = int(last.user_attrs.get("attempt", 1)) + 1
+            if attempt > retries + 1:
+                if not retry_failed:
+                    exhausted[cell, seed] = last
+                    continue
+                attempt = 1
+        retrying(study.enqueue_trial, {}, user_attrs={"cell": cell, "seed": seed, "attempt": attempt, "run": run})
+        queued.append((cell, seed))
+    return queued, exhausted
+
+
+class Heartbeat:
+    """Refreshes a claimed trial's heartbeat until stopped, through storage outages.
+
+    The thread never dies on a storage error: it tries again every second until the storage answers. When the
+    trial turns out finished by someone else (judged dead and re-queued, or deleted), the claim is lost: `lost`
+    is set and `on_lost` is called (the worker stops its run).
+    """
+
+    def __init__(self, storage, trial_id: int, on_lost=None) -> None:
+        self.lost = threading.Event()
+        self._on_lost = on_lost
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(storage, trial_id), daemon=True)
 
     def _run(self, storage, trial_id: int) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+        wait, failing = HEARTBEAT_SECONDS, False
+        while not self._stop.wait(wait):
+            try:
+                storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
+            except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+                _log.warning("trial %s was finished by another worker: this worker lost its claim", trial_id)
+                self.lost.set()
+                if self._on_lost is not None:
+                    self._on_lost()
+                return
+            except Exception as exc:  # a storage outage (any driver's error): keep beating, sooner
+                if not failing:
+                    _log.warning("heartbeat of trial %s not written (%s); trying again", trial_id, exc)
+                failing, wait = True, min(1.0, HEARTBEAT_SECONDS)
+                continue
+            failing, wait = False, HEARTBEAT_SECONDS
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()
@@ -243,11 +426,20 @@ class Heartbeat:
         self._thread.join()
 
 
-def finish(study: optuna.Study, storage, trial, ok: bool, value: float | None, error: str | None, retries: int) -> None:
-    """Record a trial's outcome; a failure is queued again while retries remain."""
-    if ok:
-        storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [value if value is not None else 0.0])
-        return
-    storage.set_trial_user_attr(trial._trial_id, "error", error or "failed")
-    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+def finish(study: optuna.Study, storage, trial, ok: bool, value: float | None, error: str | None, retries: int) -> bool:
+    """Record a trial's outcome (through storage outages); a failure is queued again while retries remain.
+
+    Returns False, recording nothing, when the trial was already finished by someone else (its claim was lost;
+    whoever finished it queued it again).
+    """
+    try:
+        if ok:
+            value = value if value is not None else 0.0
+            retrying(storage.set_trial_state_values, trial._trial_id, TrialState.COMPLETE, [value])
+            return True
+        retrying(storage.set_trial_user_attr, trial._trial_id, "error", error or "failed")
+        retrying(storage.set_trial_state_values, trial._trial_id, TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+        return False
     _retry(study, trial.user_attrs, retries)
+    return True
