@@ -169,6 +169,8 @@ def _train(args: argparse.Namespace) -> int:
     exit_with_launcher()  # launched by a sweep: end when it dies
     config = load_experiment(args.experiment, args.overrides)
     means = run_cell(config, args.seed, args.root, list(args.overrides))
+    if not means:  # a DDP rank > 0: rank 0 reports
+        return 0
     print(f"{config.name} seed {args.seed} -> {run_dir(args.root, with_seed(config, args.seed))}")
     print("  ".join(f"{k} {100 * v:.1f}" for k, v in means.items() if k in ("P@5", "R@5", "R@10", "MRR@10")))
     return 0

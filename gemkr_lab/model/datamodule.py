@@ -94,11 +94,17 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         """Epoch and batches consumed in it."""
-        return {"epoch": self.sampler.epoch, "batches": int(self.consumed()) if self.consumed else 0}
+        epoch = getattr(self.sampler, "epoch", 0)
+        return {"epoch": epoch, "batches": int(self.consumed()) if self.consumed else 0}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Skip the consumed batches of the saved epoch on the next pass."""
-        self.sampler.resume(state["epoch"], state["batches"] * self.batch_size)
+        """Skip the consumed batches of the saved epoch on the next pass.
+
+        Under DDP Lightning wraps the sampler in its distributed one, which cannot skip: that epoch is replayed
+        (exact mid-epoch resume is a single-process guarantee).
+        """
+        if isinstance(self.sampler, EpochSampler):
+            self.sampler.resume(state["epoch"], state["batches"] * self.batch_size)
 
 
 class _Rows(Dataset):

@@ -107,6 +107,9 @@ def run_cell(config: ExperimentConfig, seed: int, root: str | Path, overrides: l
             "(then train with prepared=NEW_FOLDER)"
         )
     out = run_dir(root, config)
+    if not is_global_zero():  # a DDP process Lightning started beside rank 0: it trains and writes nothing
+        _train_beside_rank_zero(config, out, tokenizer)
+        return {}
     out.mkdir(parents=True, exist_ok=True)
     # One trainer per run directory: a second fails at once (exit 2), naming the holder; it would have nothing
     # to do but wait and then find the run complete. A DDP rank > 0 is the holder's own child.
@@ -135,6 +138,27 @@ def _run_locked(config: ExperimentConfig, seed: int, out: Path, stamp: dict, tok
     manifest.update(status="complete", finished=_now())
     write_json(out / MANIFEST, manifest)
     return metrics
+
+
+def is_global_zero() -> bool:
+    """Whether this process is the run's rank 0 (Lightning's DDP launcher sets the ranks of the others)."""
+    return int(os.environ.get("LOCAL_RANK") or 0) == 0 and int(os.environ.get("NODE_RANK") or 0) == 0
+
+
+def _train_beside_rank_zero(config: ExperimentConfig, out: Path, tokenizer) -> None:
+    """A DDP rank > 0: join rank 0's training; the manifest, decoding, metrics and W&B are rank 0's alone."""
+    from gemkr_lab.model.train import fit
+
+    fit(
+        config.prepared,
+        config.data_root,
+        tokenizer,
+        out,
+        model_config=config.model,
+        data_config=config.data,
+        train_config=config.train,
+        limit_train=config.limit_train,
+    )
 
 
 def tokenizer_dir(config: ExperimentConfig) -> Path:
@@ -185,9 +209,12 @@ def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict, tok
     finally:  # every attempt's training time counts (cost columns), a failed or stopped one's too
         manifest["train_seconds_attempts"].append(round(time.perf_counter() - started, 2))
         manifest["train_seconds"] = round(sum(manifest["train_seconds_attempts"]), 2)
+    if module.resumed_from_step is not None:  # the proof that a resume continued instead of starting over
+        manifest.setdefault("resumed_from_steps", []).append(module.resumed_from_step)
     manifest["trainable_parameters"] = dict(module.model.components())
     evaluation, records, ms = _decode_and_score(config, module.model, module.datamodule, index, tokenizer, out)
     manifest["decode_ms_per_query"] = ms
+    manifest["peak_gpu_memory_gib"] = _peak_gpu_memory()
     if logger is not None:
         from gemkr_lab.tracking.wandb_run import log_evaluation
 
@@ -205,7 +232,10 @@ def _decode_and_score(config: ExperimentConfig, model, datamodule, index, tokeni
     from gemkr_lab.decoding import write_records, write_records_run
     from gemkr_lab.metrics import evaluate
     from gemkr_lab.model.infer import decode_batches
+    from gemkr_lab.model.train import run_device
 
+    if not config.decoding.llm_in_8bit:  # 8-bit decoding quantises on the GPU itself; an 8-bit LLM cannot move
+        model = model.to(run_device(config.train))  # Lightning hands the module back on the CPU after fit
     started = time.perf_counter()
     records = decode_batches(model, datamodule.test_dataloader(), index, config.decoding, tokenizer)
     ms = round(1000 * (time.perf_counter() - started) / max(len(records), 1), 2)
@@ -317,6 +347,12 @@ def _version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
+
+
+def _peak_gpu_memory() -> float | None:
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
 
 
 def _gpus() -> list[str]:

@@ -34,7 +34,7 @@ def _search(tmp_path, tiny_overrides, space=None, **search):
         ({"train.lr": {"type": "float", "low": 1.0, "high": 0.1}}, r"search\.space\['train\.lr'\] is invalid"),
         ({"train.lr": {"type": "uniform", "low": 0.1, "high": 1.0}}, "type must be float, int or categorical"),
         ({"model.attention_flow": {"type": "categorical", "choices": []}}, "no choices"),
-        ({"train.lrr": {"type": "float", "low": 0.1, "high": 1.0}}, "did you mean 'lr'"),
+        ({"train.lrr": {"type": "float", "low": 0.1, "high": 1.0}}, "did you mean 'train.lr'"),
     ],
 )
 def test_invalid_search_spaces_are_refused(tmp_path, tiny_overrides, space, message):
