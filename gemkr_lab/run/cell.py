@@ -54,6 +54,17 @@ def run_fingerprint(config: ExperimentConfig) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
+def training_fingerprint(config: ExperimentConfig, stamp: dict[str, Any]) -> str:
+    """What identifies a run's trained model: the resolved config except decoding, and the prepared data.
+
+    Cells that differ only in decoding (beam size, search, constraint, clue-to-document policy, 8-bit, ...)
+    share it, so one training serves them all (`_trained_elsewhere`).
+    """
+    identity = {k: v for k, v in to_dict(config).items() if k not in (*NOT_IDENTITY, "decoding")}
+    payload = json.dumps({"config": identity, "prepared": stamp["fingerprint"]}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
 def run_dir(root: str | Path, config: ExperimentConfig) -> Path:
     """The run directory of this exact config (its seed is `config.train.seed`)."""
     return seed_dir(root, config.name, config.train.seed) / run_fingerprint(config)
@@ -192,6 +203,15 @@ def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict, tok
     logger = _logger(config, out, manifest)
     manifest["attempt_started_at"] = time.time()  # lets the next attempt count this one if it is killed
     write_json(out / MANIFEST, manifest)  # the W&B run id is on disk before training starts
+    trained = _trained_elsewhere(config, out, manifest)
+    if trained is not None:  # a run of the same training and another decoding: decode its model, train nothing
+        manifest["trained_in"] = str(trained)
+        manifest["train_seconds"] = round(sum(manifest["train_seconds_attempts"]), 2)  # its cost is the other's
+        write_json(out / MANIFEST, manifest)
+        module, datamodule = load_trained(config, trained / "checkpoints" / LAST_CHECKPOINT, tokenizer)
+        return _decode_score_log(config, module.model, datamodule, index, tokenizer, out, manifest, logger)
+    manifest["training"] = True  # committed to train: runs waiting for this one may wait (never the reverse)
+    write_json(out / MANIFEST, manifest)
     started = time.perf_counter()
     try:
         module = fit(
@@ -211,8 +231,12 @@ def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict, tok
         manifest["train_seconds"] = round(sum(manifest["train_seconds_attempts"]), 2)
     if module.resumed_from_step is not None:  # the proof that a resume continued instead of starting over
         manifest.setdefault("resumed_from_steps", []).append(module.resumed_from_step)
-    manifest["trainable_parameters"] = dict(module.model.components())
-    evaluation, records, ms = _decode_and_score(config, module.model, module.datamodule, index, tokenizer, out)
+    return _decode_score_log(config, module.model, module.datamodule, index, tokenizer, out, manifest, logger)
+
+
+def _decode_score_log(config, model, datamodule, index, tokenizer, out: Path, manifest: dict, logger) -> dict:
+    manifest["trainable_parameters"] = dict(model.components())
+    evaluation, records, ms = _decode_and_score(config, model, datamodule, index, tokenizer, out)
     manifest["decode_ms_per_query"] = ms
     manifest["peak_gpu_memory_gib"] = _peak_gpu_memory()
     if logger is not None:
@@ -225,6 +249,62 @@ def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict, tok
             records,
         )
     return evaluation.means
+
+
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def _trained_elsewhere(config: ExperimentConfig, out: Path, manifest: dict) -> Path | None:
+    """A complete run under the same root with this run's training fingerprint, whose model this run can decode.
+
+    A run that is training right now (its manifest says `training` and its lock is held) is waited for. Only
+    runs committed to training are waited for, and those never wait themselves, so no two runs wait on each
+    other. Returns the run directory that holds the trained checkpoint, or None (then this run trains).
+    """
+    from gemkr_lab.io import lock, lock_holder
+
+    root = out.parents[2]
+    wanted = manifest["training_fingerprint"]
+    for path in sorted(root.glob(f"*/seed-{config.train.seed}/*/{MANIFEST}")):
+        other = path.parent
+        found = read_manifest(other) or {}
+        if other == out or found.get("training_fingerprint") != wanted or found.get("trained_in"):
+            continue
+        if found.get("status") == "running" and found.get("training") and lock_holder(other / RUN_LOCK):
+            with lock(other / RUN_LOCK, wait=None, what=f"the training of {other}"):
+                found = read_manifest(other) or {}  # it finished (or died): look again
+        if found.get("status") == "complete" and (other / "checkpoints" / LAST_CHECKPOINT).is_file():
+            return other
+    return None
+
+
+def load_trained(config: ExperimentConfig, ckpt: Path, tokenizer):
+    """The trained model of a checkpoint, rebuilt exactly (seeded as training was), and its data module."""
+    import lightning as L
+    import torch
+
+    from gemkr_lab.model.datamodule import GeMKRDataModule
+    from gemkr_lab.model.module import GeMKRModule
+
+    L.seed_everything(config.train.seed, workers=True, verbose=False)  # as training built it
+    module = GeMKRModule(config.model, config.train, len(tokenizer))
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    expected = {f"model.{k}" for k in module.model.checkpoint_state_dict()}
+    missing = sorted(expected - set(state))
+    if missing:
+        raise ConfigError(f"{ckpt}: lacks {len(missing)} parameters of the model (e.g. {missing[0]}); retrain the run")
+    module.load_state_dict(state, strict=False)
+    data = GeMKRDataModule(
+        config.prepared,
+        config.data_root,
+        tokenizer,
+        config.data,
+        module.model.vision,
+        config.train.batch_size,
+        seed=config.train.seed,
+    )
+    data.setup()
+    return module, data
 
 
 def _decode_and_score(config: ExperimentConfig, model, datamodule, index, tokenizer, out: Path):
@@ -318,6 +398,7 @@ def _manifest(config: ExperimentConfig, seed: int, stamp: dict, previous: dict |
         },
         "prepared": {"path": str(prepared), "fingerprint": stamp["fingerprint"]},
         "fingerprint": run_fingerprint(config),
+        "training_fingerprint": training_fingerprint(config, stamp),
         "wandb_run_id": (previous or {}).get("wandb_run_id"),
     }
 
@@ -396,13 +477,8 @@ def evaluate_cell(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     and any frozen part that was randomly initialised), so unchanged decoding reproduces the run's metrics
     exactly. Only `decoding.*` overrides are accepted. Results go to `<run>/eval/<decoding fingerprint>/`.
     """
-    import lightning as L
-    import torch
-
     from gemkr_lab.kb import open_index
     from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint
-    from gemkr_lab.model.datamodule import GeMKRDataModule
-    from gemkr_lab.model.module import GeMKRModule
 
     src = Path(run)
     others = [o for o in overrides if not o.strip().startswith(DECODING_PREFIX)]
@@ -420,24 +496,7 @@ def evaluate_cell(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     if manifest.get("prepared", {}).get("fingerprint") not in (None, stamp["fingerprint"]):
         raise ConfigError(f"{config.prepared}: the prepared data changed since {src} was trained; prepare it again")
     tokenizer = load_tokenizer(tokenizer_dir(config))
-    L.seed_everything(config.train.seed, workers=True, verbose=False)  # as training built it
-    module = GeMKRModule(config.model, config.train, len(tokenizer))
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    expected = {f"model.{k}" for k in module.model.checkpoint_state_dict()}
-    missing = sorted(expected - set(state))
-    if missing:
-        raise ConfigError(f"{ckpt}: lacks {len(missing)} parameters of the model (e.g. {missing[0]}); retrain the run")
-    module.load_state_dict(state, strict=False)
-    data = GeMKRDataModule(
-        config.prepared,
-        config.data_root,
-        tokenizer,
-        config.data,
-        module.model.vision,
-        config.train.batch_size,
-        seed=config.train.seed,
-    )
-    data.setup()
+    module, data = load_trained(config, ckpt, tokenizer)
     index = open_index(Path(config.prepared) / "index", tokenizer_fingerprint=tokenizer_fingerprint(tokenizer))
     decoding = dataclasses.asdict(config.decoding)
     key = hashlib.sha256(json.dumps(decoding, sort_keys=True).encode()).hexdigest()[:10]

@@ -114,3 +114,42 @@ def test_gpu_groups_pin_each_worker(monkeypatch):
     assert _gpu_groups(2, 2) == ["0,1", "2,3"]
     with pytest.raises(ConfigError, match="need 6 GPUs; 4 visible"):
         _gpu_groups(3, 2)
+
+
+def test_cells_that_differ_only_in_decoding_share_one_training(tmp_path, tiny_overrides):
+    full = _config(tiny_overrides)
+    run_cell(full, 0, tmp_path)
+    full_run = run_dir(tmp_path, with_seed(full, 0))
+    free = load_experiment("tiny-cpu/unconstrained", tiny_overrides)
+    means = run_cell(free, 0, tmp_path)
+    free_run = run_dir(tmp_path, with_seed(free, 0))
+    manifest = read_manifest(free_run)
+    assert manifest["trained_in"] == str(full_run) and not (free_run / "checkpoints").exists()
+    assert manifest["training_fingerprint"] == read_manifest(full_run)["training_fingerprint"]
+    assert manifest["train_seconds"] == 0
+    again = evaluate_cell(full_run, ["decoding.constrained=false"])  # the same model, decoded the same way
+    assert means == again
+    gated = load_experiment("tiny-cpu/no-gate", tiny_overrides)  # another training: never shared
+    run_cell(gated, 0, tmp_path)
+    assert "trained_in" not in read_manifest(run_dir(tmp_path, with_seed(gated, 0)))
+
+
+@pytest.mark.slow
+def test_a_decoding_variant_waits_for_the_training_in_progress(tmp_path, tiny_overrides):
+    import subprocess
+    import sys
+    import time
+
+    steps = [*tiny_overrides, "train.max_steps=40"]
+    full = load_experiment("tiny-cpu/full", steps)
+    full_run = run_dir(tmp_path, with_seed(full, 0))
+    cmd = [sys.executable, "-m", "gemkr_lab.cli", "train", "tiny-cpu/full", *steps, "--root", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (read_manifest(full_run) or {}).get("training"):
+        time.sleep(0.05)
+    assert (read_manifest(full_run) or {}).get("training"), "the training never started"
+    run_cell(load_experiment("tiny-cpu/unconstrained", steps), 0, tmp_path)  # waits for it, then decodes it
+    assert proc.wait(timeout=300) == 0
+    free = read_manifest(run_dir(tmp_path, with_seed(load_experiment("tiny-cpu/unconstrained", steps), 0)))
+    assert free["trained_in"] == str(full_run) and free["status"] == "complete"
