@@ -237,6 +237,33 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explore(args: argparse.Namespace) -> int:
+    from gemkr_lab.report.explore import log_explorer, write_explorer
+    from gemkr_lab.sweep.grid import load_sweep
+
+    explorer = write_explorer(load_sweep(args.sweep), args.out)
+    for note in explorer.notes:
+        print(f"note: {note}")
+    print(f"{len(explorer.queries)} queries, {len(explorer.runs)} runs -> {Path(args.out) / 'index.html'}")
+    folder = log_explorer(explorer, args.wandb)
+    if folder is not None:
+        print(f"W&B: the per-query table with images -> {folder}")
+    return 0
+
+
+def _import_gemkr_results(args: argparse.Namespace) -> int:
+    from gemkr_lab.data.gemkr_results import import_gemkr_results
+
+    counts = import_gemkr_results(args.results, args.test_json, args.run_out, args.answers_out)
+    print(
+        f"{counts['queries']} queries ({counts['without_answers']} without answers), {counts['ids']} ids, "
+        f"{counts['unique_ids']} after keeping first occurrences ({counts['fewer_than_5_unique']} queries with "
+        f"fewer than 5) -> {args.run_out}, {args.answers_out}"
+    )
+    print(f"score: gemkr-lab score --run {args.run_out} --answers {args.answers_out} --corpus CORPUS --match exact")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from gemkr_lab.demo import run_demo
 
@@ -339,7 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--json", action="store_true")
     query.set_defaults(func=_index_query)
 
-    score = verbs.add_parser("score", help="score a TREC run against qrels or answer strings")
+    score = verbs.add_parser(
+        "score",
+        help="score a TREC run against qrels or answer strings",
+        description="Documents are ranked by their score, highest first; equal scores are ordered by document id, "
+        "descending as strings (as trec_eval does), and the rank column is ignored. Runs written by gemkr-lab "
+        "(decoding, baselines, import gemkr-results) have strictly decreasing scores, so their order is kept.",
+    )
     score.add_argument("--run", required=True, help="TREC run: qid Q0 docid rank score tag")
     source = score.add_mutually_exclusive_group(required=True)
     source.add_argument("--qrels", help="TREC qrels: qid 0 docid relevance (gold, as ReMuQ)")
@@ -442,6 +475,40 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("sweep")
     report.add_argument("--out", required=True)
     report.set_defaults(func=_report)
+
+    explore = verbs.add_parser(
+        "explore",
+        help="static HTML clue explorer of a sweep (opens from disk)",
+        description="Writes OUT/index.html with data.js and runs/*.js beside it (no server needed): per query the "
+        "image with its object boxes and crops, question, answers and gold passages; per cell its clues (KB "
+        "counts, hits) and ranked passages; filters (cell A right and B wrong, hit/miss at k, clue length and "
+        "uniqueness, text search) and a summary panel. Also logs the per-query table with images to W&B.",
+    )
+    explore.add_argument("sweep", help="sweep file, e.g. sweeps/demo.yaml")
+    explore.add_argument("--out", required=True, help="folder to write, e.g. reports/demo/explore (replaced whole)")
+    explore.add_argument(
+        "--wandb",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log the per-query table to a W&B run under OUT/wandb (default: as the sweep's tracking settings)",
+    )
+    explore.set_defaults(func=_explore)
+
+    imports = verbs.add_parser("import", help="convert published result files for `score`")
+    import_verbs = imports.add_subparsers(dest="import_verb", required=True)
+    official = import_verbs.add_parser(
+        "gemkr-results",
+        help="GeMKR's released result file -> TREC run + answers file",
+        description="RESULTS.json is GeMKR's result file: a JSON list, aligned with its test.json, of the passage "
+        "ids of each query's beams (duplicates included). Writes a TREC run (query id = position in test.json; "
+        "first occurrence of an id kept; strictly decreasing scores) and the answers as score --answers reads "
+        "them; `score --run RUN --answers ANSWERS --corpus CORPUS --match exact` is then the official metric.",
+    )
+    official.add_argument("results", help="GeMKR's result JSON")
+    official.add_argument("--test-json", required=True, help="GeMKR's dataset/okvqa/test.json")
+    official.add_argument("--run-out", required=True, help="TREC run to write")
+    official.add_argument("--answers-out", required=True, help="answers JSONL to write")
+    official.set_defaults(func=_import_gemkr_results)
 
     demo = verbs.add_parser("demo", help="the main job: world -> prepare -> demo ablation sweep -> report")
     demo.add_argument("--workers", type=positive_int, default=2)

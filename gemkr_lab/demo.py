@@ -5,6 +5,7 @@ from pathlib import Path
 from gemkr_lab.config import DataConfig
 from gemkr_lab.data.prepare import Preparer
 from gemkr_lab.data.world import make_world
+from gemkr_lab.report.explore import log_explorer, write_explorer
 from gemkr_lab.report.table import write_report
 from gemkr_lab.sweep.grid import load_sweep, run_sweep
 
@@ -27,6 +28,8 @@ def run_demo(workers: int = 2) -> None:
     if result["failed"]:
         print(f"      failed runs: {result['failed']} (see their log.txt)")
     table = write_report(sweep, ROOT / "reports" / "demo")
-    print("[4/4] report -> reports/demo/")
+    explorer = write_explorer(sweep, ROOT / "reports" / "demo" / "explore")
+    log_explorer(explorer)
+    print("[4/4] report -> reports/demo/, clue explorer -> reports/demo/explore/index.html")
     print(table.to_markdown(index=False, disable_numparse=True))
     print("\n".join(f"- {line}" for line in table.attrs.get("notes", ())))

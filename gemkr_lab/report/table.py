@@ -36,6 +36,10 @@ from gemkr_lab.sweep.grid import GridSweep, current_run, failed_for_good
 
 METRICS = ("P@5", "R@5", "R@10", "MRR@10")
 TOLERANCE = {"ok": 1.0, "ok-ish": 3.0}  # points: |ours - paper| within these -> OK / OK-ish, else FAIL
+EXPLORER_LINK = (
+    '<p class="explorer"><a href="explore/index.html">Clue explorer</a>: per query, the clues, ranked passages and '
+    "object crops of every cell (written by <code>gemkr-lab explore SWEEP --out REPORT/explore</code>).</p>\n"
+)
 
 
 def collect(sweep: GridSweep) -> pd.DataFrame:
@@ -357,6 +361,7 @@ def write_report(sweep: GridSweep, out: str | Path) -> pd.DataFrame:
             + '\n<ul class="notes">\n'
             + "".join(f"<li>{html.escape(x)}</li>\n" for x in lines)
             + "</ul>\n"
+            + EXPLORER_LINK
         ),
         "table.csv": lambda: numbers.to_csv(index=False),
     }

@@ -64,3 +64,20 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
         elif kind == "summary":
             summary.update({key(i): json.loads(i.value_json) for i in record.summary.update})
     return {"config": config, "history": history, "summary": summary}
+
+
+def read_offline_artifacts(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The artifacts an offline run logged: `{"type", "name", "files": {path in the artifact: staged local path}}`.
+
+    Offline, an artifact's files wait in W&B's staging folder until `wandb sync` uploads them.
+    """
+    files = sorted(Path(run_dir).glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"{run_dir}: no run-*.wandb file")
+    out = []
+    for record in _records(files[0]):
+        if record.WhichOneof("record_type") == "artifact":
+            a = record.artifact
+            entries = {c.path: c.local_path for c in a.manifest.contents}
+            out.append({"type": a.type, "name": a.name, "files": entries})
+    return out

@@ -60,3 +60,57 @@ def log_evaluation(logger, metrics: dict[str, float], run_file: Path, records: l
             table.add_data(r.qid, rank, c.text, c.score, c.count, " ".join(map(str, c.docs)))
     run.log({"test/clues": table})
     run.finish()
+
+
+def log_query_table(
+    folder: Path,
+    key: str,
+    columns: list[str],
+    rows: list[list],
+    *,
+    project: str,
+    group: str,
+    name: str,
+    mode: str = "offline",
+    summary: dict[str, Any] | None = None,
+) -> Path:
+    """Log a per-query table (with images) to a W&B run of its own (job_type "explore") under `folder`.
+
+    A cell that is a dict `{"image": path, "boxes": [{"box": [x0, y0, x1, y1], "label": str}]}` becomes a
+    `wandb.Image` with its boxes (in the image's pixels); None stays empty. Returns the run's folder
+    (`folder/wandb/offline-run-*` when offline; `wandb sync` it to upload).
+    """
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    folder.mkdir(parents=True, exist_ok=True)
+    run = wandb.init(
+        project=project, group=group, name=name, job_type="explore", dir=str(folder), mode=mode, reinit="create_new"
+    )
+    try:
+        table = wandb.Table(columns=columns)
+        for row in rows:
+            table.add_data(*(_image(v) if isinstance(v, dict) and "image" in v else v for v in row))
+        run.log({key: table})
+        run.summary.update(summary or {})
+        return Path(run.dir).parent
+    finally:
+        run.finish()
+
+
+def _image(value: dict):
+    import wandb
+
+    boxes = [
+        {
+            "position": {"minX": b["box"][0], "minY": b["box"][1], "maxX": b["box"][2], "maxY": b["box"][3]},
+            "domain": "pixel",
+            "class_id": i,
+            "box_caption": f"{i} {b['label']}",
+        }
+        for i, b in enumerate(value.get("boxes") or ())
+    ]
+    labels = {i: f"{i} {b['label']}" for i, b in enumerate(value.get("boxes") or ())}
+    if not boxes:
+        return wandb.Image(value["image"])
+    return wandb.Image(value["image"], boxes={"objects": {"box_data": boxes, "class_labels": labels}})
