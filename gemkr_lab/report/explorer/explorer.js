@@ -227,8 +227,12 @@ function passage(id, q, relevant, rank) {
     li.append(label, " (text not in the corpus)");
     return li;
   }
-  const details = el("details", {}, el("summary", {}, label, " ", highlight(snippet(text, q.answers), q.answers)),
-    el("div", { class: "full" }, highlight(text, q.answers)));
+  const full = el("div", { class: "full" });
+  const details = el("details", {}, el("summary", {}, label, " ", highlight(snippet(text, q.answers), q.answers)), full);
+  // the whole text only when opened: a page holds hundreds of passages
+  details.addEventListener("toggle", () => {
+    if (details.open && !full.firstChild) full.append(highlight(text, q.answers));
+  });
   li.append(details);
   return li;
 }
