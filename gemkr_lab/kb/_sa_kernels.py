@@ -8,6 +8,8 @@ refining by a symbol is two binary searches, and the distinct followers are foun
 import numba as nb
 import numpy as np
 
+from gemkr_lab.kb import _select_kernels as sel
+
 
 @nb.njit(cache=True, inline="always")
 def _sym(T, SA, i, d):
@@ -196,3 +198,108 @@ def merge_tables(ptrs, syms, bases, mode, out_sym):
                 k += 1
         ptr[c + 1] = k
     return ptr
+
+
+# ---- decoding: the best-scored followers -----------------------------------------------------------
+
+
+@nb.njit(cache=True)
+def best_next(
+    T,
+    SA,
+    nlev,
+    lo,
+    hi,
+    depth,
+    live,
+    first_sym,
+    root_allowed,
+    bigram_ptr,
+    bigram_sym,
+    deep_only,
+    scores,
+    score_row,
+    out_tok,
+    out_val,
+):
+    """Per beam, the `out_tok.shape[1]` best-scored tokens allowed after its clue (see `_select_kernels`).
+
+    Depth 0: the root set `root_allowed` (a dense scan); depth 1: the bigram table's row of symbol
+    `first_sym[j]`; deeper clues occurring at most `FEW` times: their followers, listed; more frequent ones:
+    best-first over a binary partition of the symbol space, where a node is a symbol interval of width
+    `2**(nlev - level)` and its rows (split by a binary search for the middle symbol), keyed by the best
+    score in the interval. With `deep_only` (a shard after the first of a sharded KB), depth 0 and 1 beams
+    are left empty.
+    """
+    need = out_tok.shape[1]
+    lb = sel.summary_levels(nlev)
+    tree = np.empty(2 << lb, dtype=np.float32)
+    block_best = np.empty((scores.shape[1] + 63) >> 6, dtype=np.float32)
+    hkey = np.empty(1024, dtype=np.float32)
+    hid = np.empty(1024, dtype=np.int64)
+    node_l = np.empty(1024, dtype=np.int64)
+    node_v = np.empty(1024, dtype=np.int64)
+    node_a = np.empty(1024, dtype=np.int64)
+    node_b = np.empty(1024, dtype=np.int64)
+    few = np.empty(sel.FEW, dtype=np.int64)
+    for j in range(lo.shape[0]):
+        found = 0
+        row = score_row[j]
+        if not live[j]:
+            pass
+        elif depth[j] == 0:
+            if not deep_only:
+                found = sel.dense_row(scores, row, root_allowed, -1, out_tok, out_val, j, block_best)
+        elif depth[j] == 1:
+            if not deep_only:
+                c = first_sym[j]
+                found = sel.set_row(scores, row, bigram_sym, bigram_ptr[c], bigram_ptr[c + 1], 1, out_tok, out_val, j)
+        elif hi[j] - lo[j] <= sel.FEW:  # a rare clue: its few followers cost less than the score summary
+            for i in range(followers(T, SA, lo[j], hi[j], depth[j], few, few, 0, 1)):
+                found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, few[i])
+        elif lo[j] < hi[j]:
+            d = depth[j]
+            sel.summarize(scores, row, nlev, tree)
+            size = 0
+            nodes = 0
+            if tree[1] > sel.NEG_INF:
+                node_l[0], node_v[0], node_a[0], node_b[0] = 0, 0, lo[j], hi[j]
+                size = sel.heap_push(hkey, hid, 0, tree[1], 0)
+                nodes = 1
+            while size > 0:
+                if found == need and hkey[0] < out_val[j, need - 1]:
+                    break  # no queued node holds a token that beats or ties the need-th found
+                node = hid[0]
+                size = sel.heap_pop(hkey, hid, size)
+                lvl, v, a, b = node_l[node], node_v[node], node_a[node], node_b[node]
+                mid = ((v << 1) | 1) << (nlev - lvl - 1)  # the first symbol of the upper half
+                r = a
+                r1 = b
+                while r < r1:
+                    m = (r + r1) >> 1
+                    if _sym(T, SA, m, d) < mid:
+                        r = m + 1
+                    else:
+                        r1 = m
+                if nodes + 2 > node_l.shape[0]:
+                    node_l, node_v = sel.grown(node_l, nodes), sel.grown(node_v, nodes)
+                    node_a, node_b = sel.grown(node_a, nodes), sel.grown(node_b, nodes)
+                if size + 2 > hkey.shape[0]:
+                    hkey, hid = sel.grown(hkey, size), sel.grown(hid, size)
+                for one in range(2):
+                    if one:
+                        ca, cb, cv = r, b, (v << 1) | 1
+                    else:
+                        ca, cb, cv = a, r, v << 1
+                    if cb <= ca:
+                        continue
+                    if lvl + 1 == nlev:
+                        found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, cv)
+                        continue
+                    best = sel.node_best(scores, row, tree, nlev, lb, lvl + 1, cv)
+                    if best == sel.NEG_INF or (found == need and best < out_val[j, need - 1]):
+                        continue
+                    node_l[nodes], node_v[nodes], node_a[nodes], node_b[nodes] = lvl + 1, cv, ca, cb
+                    size = sel.heap_push(hkey, hid, size, best, nodes)
+                    nodes += 1
+        sel.pad(out_tok, out_val, j, found)

@@ -109,6 +109,13 @@ class SuffixArrayShard(Shard):
         """Row range of a symbol pattern."""
         return sak.search(self.T, self.SA, 0, self.n_rows, pattern)
 
+    def best_next(self, lo, hi, depth, live, tables, deep_only, scores, score_row, out_tok, out_val):
+        """The best-scored allowed tokens of each state (see `KBIndex.best_next`)."""
+        nlev = max(int(self.sigma).bit_length(), 1)
+        sak.best_next(
+            self.T, self.SA, nlev, lo, hi, depth, live, *tables, deep_only, scores, score_row, out_tok, out_val
+        )
+
     def check(self, lo, hi, depth, cand):
         """Counts of each range extended by each candidate symbol."""
         out = np.empty(cand.shape, dtype=np.int64)
@@ -205,6 +212,12 @@ class FMShard(Shard):
     def search(self, pattern: np.ndarray) -> tuple[int, int]:
         """Row range of a symbol pattern."""
         return fmk.search(self.bits, self.ranks, self.Z, self.start_of, self.C, 0, self.n_rows, pattern)
+
+    def best_next(self, lo, hi, depth, live, tables, deep_only, scores, score_row, out_tok, out_val):
+        """The best-scored allowed tokens of each state (see `KBIndex.best_next`)."""
+        fmk.best_next(
+            self.bits, self.ranks, self.Z, lo, hi, depth, live, *tables, deep_only, scores, score_row, out_tok, out_val
+        )
 
     def check(self, lo, hi, depth, cand):
         """Counts of each range extended by each candidate symbol."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from gemkr_lab.kb import _select_kernels as sek
 from gemkr_lab.kb.backends import Shard
 from gemkr_lab.kb.doc_ids import DocIds
 
@@ -244,6 +245,65 @@ class KBIndex:
             )
         return total
 
+    def best_next(
+        self, states: BeamStates, scores: np.ndarray, k: int, *, rows: np.ndarray | Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per beam, the `k` best-scored tokens among those allowed after its clue (`allowed_next`'s sets).
+
+        Decoding's whole question: beam search only ever continues a beam with a few of its best valid
+        tokens, so the ~10^4 followers of a short, frequent clue need not be enumerated. Depth 0 and 1 are
+        served from the root set and the bigram table; deeper clues are searched best-first in the index,
+        guided by the scores (see `gemkr_lab.kb._select_kernels`): a few paths when the best-scored tokens
+        are allowed, never more nodes than enumerating the followers when they are not.
+
+        Args:
+            states: the beams.
+            scores: float32[N, V] per-token scores (a model's log-probabilities); ids at or beyond V and tokens
+                scored -inf are never returned.
+            k: candidates wanted per beam.
+            rows: the row of `scores` of each beam (default: beam j scores with row j).
+
+        Returns:
+            `(tokens int64[B, k], values float32[B, k])`, each beam's sorted by value (descending), ties by id
+            (ascending), padded with -1 and -inf.
+        """
+        scores = np.asarray(scores, dtype=np.float32)
+        b = len(states)
+        rows = np.arange(b, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        shards = len(self.shards)
+        out_tok = np.empty((shards, b, k), dtype=np.int64)
+        out_val = np.empty((shards, b, k), dtype=np.float32)
+        if b == 0 or k == 0:
+            return out_tok[0], out_val[0]
+        live = ~states.closed & (states.counts > 0)
+        first_sym = np.zeros(b, dtype=np.int64)
+        if shards == 1:
+            first_sym[:] = np.searchsorted(self.shards[0].C, states.lo[:, 0], side="right") - 1
+        else:
+            for j in np.flatnonzero(live & (states.depth == 1)):
+                s = int(np.argmax(states.hi[j] > states.lo[j]))  # any shard where the one-token clue occurs
+                first_sym[j] = np.searchsorted(self.shards[s].C, states.lo[j, s], side="right") - 1
+        tables = (first_sym, self._root_allowed, *self._bigram)
+        for s, shard in enumerate(self.shards):
+            shard.best_next(
+                np.ascontiguousarray(states.lo[:, s]),
+                np.ascontiguousarray(states.hi[:, s]),
+                states.depth,
+                live,
+                tables,
+                s > 0,
+                scores,
+                rows,
+                out_tok[s],
+                out_val[s],
+            )
+        if shards == 1:
+            return out_tok[0], out_val[0]
+        merged_tok = np.empty((b, k), dtype=np.int64)
+        merged_val = np.empty((b, k), dtype=np.float32)
+        sek.merge_rows(out_tok, out_val, merged_tok, merged_val)
+        return merged_tok, merged_val
+
     # ---- internals ------------------------------------------------------------------------------------
 
     def _states_for(self, seq: Sequence[int]) -> BeamStates:
@@ -268,6 +328,12 @@ class KBIndex:
         present[0] = False
         present[self._eos] = False
         return np.flatnonzero(present).astype(np.int64) - 1
+
+    @cached_property
+    def _root_allowed(self) -> np.ndarray:
+        allowed = np.zeros(self.vocab_size, dtype=bool)
+        allowed[self._root_tokens] = True
+        return allowed
 
     def _bigram_tokens(self, states: BeamStates, j: int) -> np.ndarray:
         k = int(np.argmax(states.hi[j] > states.lo[j]))  # any shard where the one-token clue occurs

@@ -104,3 +104,65 @@ def test_take_reorders_beams(kb):
     swapped = states.take([2, 0, 0])
     assert swapped.counts.tolist() == [states.counts[2], states.counts[0], states.counts[0]]
     assert swapped.lo.shape == states.lo.shape
+
+
+def _best_by_enumeration(index, prefix, scores, k):
+    """The k best-scored tokens of `next_tokens(prefix)`: score descending, id ascending, -1/-inf padded."""
+    allowed = index.next_tokens(prefix)
+    allowed = allowed[allowed < scores.shape[0]]
+    values = scores[allowed]
+    allowed, values = allowed[values > -np.inf], values[values > -np.inf]
+    order = np.lexsort((allowed, -values))[:k]
+    tok, val = np.full(k, -1), np.full(k, -np.inf, dtype=np.float32)
+    tok[: order.size], val[: order.size] = allowed[order], values[order]
+    return tok, val
+
+
+def test_best_next_equals_the_best_of_the_enumerated_followers(kb):
+    """Best-first search in the index (and the root set, bigram table, short lists) = enumerate, then rank."""
+    index, docs = kb
+    rng = np.random.default_rng(4)
+    for trial in range(12):
+        for states, prefixes in _walk(index, docs, rng):
+            width = int(rng.choice([50, 64, 70]))  # a model vocabulary narrower or wider than the KB's
+            scores = rng.standard_normal((len(prefixes) + 2, width)).astype(np.float32)
+            if trial % 3 == 0:
+                scores = np.round(scores, 1)  # ties, broken by id
+            scores[rng.random(scores.shape) < 0.1] = -np.inf  # never returned
+            rows = rng.permutation(len(prefixes) + 2)[: len(prefixes)]
+            k = int(rng.integers(1, 15))
+            tok, val = index.best_next(states, scores, k, rows=rows)
+            for j, prefix in enumerate(prefixes):
+                want_tok, want_val = _best_by_enumeration(index, prefix, scores[rows[j]], k)
+                np.testing.assert_array_equal(tok[j], want_tok)
+                np.testing.assert_array_equal(val[j], want_val)
+
+
+def test_best_next_searches_frequent_clues_without_enumerating(tmp_path):
+    """A dense KB over a small vocabulary: clues occurring far more often than the short-list cut-off (32),
+    searched best-first, under flat, peaked and adversarial scores."""
+    rng = np.random.default_rng(5)
+    docs = [(3 + rng.integers(0, 20, size=60) ** 2 // 20).tolist() for _ in range(200)]
+    for backend in ("sa", "fm"):
+        index = build_index(docs, tmp_path / backend, eos_id=EOS, backend=backend, vocab_size=45, progress=False)
+        frequent = 0
+        for _ in range(40):
+            d = docs[rng.integers(len(docs))]
+            i = int(rng.integers(0, len(d) - 4))
+            prefix = d[i : i + int(rng.integers(2, 4))]
+            states = index.root_states(1)
+            for t in prefix:
+                states = index.advance(states, [t])
+            frequent += int(states.counts[0] > 32)
+            for kind in ("flat", "peaked", "worst"):
+                scores = rng.standard_normal((1, 45)).astype(np.float32)
+                if kind == "peaked":
+                    scores[0, index.next_tokens(prefix)[:3]] += 5
+                elif kind == "worst":  # every allowed token below every other one
+                    allowed = index.next_tokens(prefix)
+                    scores[0, allowed] -= 20
+                tok, val = index.best_next(states, scores, 6)
+                want_tok, want_val = _best_by_enumeration(index, prefix, scores[0], 6)
+                np.testing.assert_array_equal(tok[0], want_tok)
+                np.testing.assert_array_equal(val[0], want_val)
+        assert frequent > 10
