@@ -1,6 +1,7 @@
 """The `gemkr-lab` command line: each verb parses its arguments and calls one library function."""
 
 import argparse
+import contextlib
 import json
 import sys
 import traceback
@@ -33,7 +34,7 @@ def _index_stats(args: argparse.Namespace) -> int:
     from gemkr_lab.kb import open_index
     from gemkr_lab.kb.inspect import index_stats
 
-    _print(index_stats(open_index(args.index, verify=args.verify)), args.json)
+    _print(index_stats(open_index(args.index, verify=True if args.verify else "cheap")), args.json)
     return 0
 
 
@@ -42,12 +43,14 @@ def _index_query(args: argparse.Namespace) -> int:
     from gemkr_lab.kb.inspect import query_index
     from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint
 
-    index = open_index(args.index, verify=False)
+    # what it reads is checked: cheap checks by default (counts, shapes, small files' checksums), all with --verify
+    verify = True if args.verify else "cheap"
+    index = open_index(args.index, verify=verify)
     tok_path = args.tokenizer or index.meta.get("extra", {}).get("tokenizer_path")
     if not tok_path:
         raise ValueError(f"{args.index}: no tokenizer recorded in the index; pass --tokenizer DIR")
     tok = load_tokenizer(tok_path)
-    index = open_index(args.index, tokenizer_fingerprint=tokenizer_fingerprint(tok), verify=False)
+    index = open_index(args.index, tokenizer_fingerprint=tokenizer_fingerprint(tok), verify=False)  # checked above
     result = query_index(index, tok, args.text, limit=args.limit)
     if args.json:
         _print(result, True)
@@ -226,12 +229,12 @@ def _report(args: argparse.Namespace) -> int:
         from gemkr_lab.sweep.search import load_search
 
         search = load_search(yaml.safe_load(Path(args.sweep).read_text(encoding="utf-8")), Path(args.sweep))
-        table = write_search_report(search, args.out)
+        table = write_search_report(search, args.out, storage=args.storage, overwrite=args.overwrite)
     else:
         from gemkr_lab.report.table import write_report
         from gemkr_lab.sweep.grid import load_sweep
 
-        table = write_report(load_sweep(args.sweep), args.out)
+        table = write_report(load_sweep(args.sweep), args.out, overwrite=args.overwrite)
     print(table.to_string(index=False))
     print(f"-> {args.out}/")
     return 0
@@ -349,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = index_verbs.add_parser("stats", help="sizes and provenance of an index")
     stats.add_argument("index")
-    stats.add_argument("--verify", action="store_true", help="also check every file's checksum")
+    stats.add_argument(
+        "--verify", action="store_true", help="check every file's checksum (default: sizes, counts, small files')"
+    )
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=_index_stats)
 
@@ -363,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--text", required=True)
     query.add_argument("--tokenizer", help="tokenizer directory (default: the one the index was built with)")
     query.add_argument("--limit", type=non_negative_int, default=10, help="documents to show")
+    query.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every file's checksum first (default: sizes, shapes, counts and the checksums of small files)",
+    )
     query.add_argument("--json", action="store_true")
     query.set_defaults(func=_index_query)
 
@@ -473,7 +483,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = verbs.add_parser("report", help="ablation table (md, tex, html, csv) and plot of a sweep")
     report.add_argument("sweep")
-    report.add_argument("--out", required=True)
+    report.add_argument(
+        "--out", required=True, help="report folder, replaced whole (an explore/ subfolder in it is kept)"
+    )
+    report.add_argument(
+        "--storage",
+        help="the Optuna storage URL a search sweep ran with (default: the journal file under its root); "
+        "only read. A grid's report reads its run directories",
+    )
+    report.add_argument(
+        "--overwrite", action="store_true", help="replace an --out folder that holds files that are not a report"
+    )
     report.set_defaults(func=_report)
 
     explore = verbs.add_parser(
@@ -517,6 +537,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 USER_ERROR = 2
+TERMINATED = 128 + 15
+"""Exit status of a verb stopped by SIGTERM (as a shell reports a process killed by it)."""
+_STOPPABLE = frozenset({"index", "prepare", "make-world", "baseline", "score", "report"})
+"""Verbs that SIGTERM stops through an exception, so that their staging folders and temporary files go at once.
+
+train/run-cell/evaluate/sweep keep SIGTERM as it is: Lightning turns it into a stop at the next step (the run is
+marked failed, resumable), and a sweep stops its runs itself. Whatever a SIGKILL leaves is removed by the next
+run of the same command (`gemkr_lab.io.clean_stale`).
+"""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a BaseException: no `except Exception` swallows it; cleanup blocks run on the way out)."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops(verb: str):
+    """For the duration of a stoppable verb (in the main thread), SIGTERM raises `Terminated`."""
+    import signal
+    import threading
+
+    if verb not in _STOPPABLE or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -533,7 +586,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = [a for i, a in enumerate(argv) if i >= cut or a != "--debug"]
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with _sigterm_stops(args.verb):
+            return args.func(args)
+    except Terminated:
+        if debug:
+            traceback.print_exc()
+        print("gemkr-lab: stopped by SIGTERM; nothing half-written was left behind", file=sys.stderr)
+        return TERMINATED
     except (KBError, OSError, ValueError, KeyError) as exc:  # ConfigError, DataError, RunFileError too
         if debug:
             traceback.print_exc()

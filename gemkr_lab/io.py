@@ -322,21 +322,30 @@ def _fsync_tree(root: Path) -> None:
             except OSError:
                 continue
             try:
-                os.fsync(fd)
+                os.fsync(fd)  # a full disk shows here for files written without a sync of their own
+            except OSError as exc:
+                exc.filename = exc.filename or p  # named; `atomic_directory` turns the staging path into the target's
+                raise
             finally:
                 os.close(fd)
         _fsync_dir(Path(dirpath))
 
 
 @contextmanager
-def atomic_directory(final: str | Path, *, overwrite: bool) -> Iterator[Path]:
+def atomic_directory(final: str | Path, *, overwrite: bool, keep: Iterable[str] = ()) -> Iterator[Path]:
     """Yield a fresh staging directory that replaces `final` only when the block finishes without error.
 
     Refuses an existing `final` unless `overwrite`; on any error the staging directory is removed and an
     existing `final` is left untouched. Staging directories of dead processes from earlier runs are
-    removed first. Directories get the umask's mode, as `mkdir` gives them.
+    removed first (also when the call is refused). Directories get the umask's mode, as `mkdir` gives them.
+
+    `keep`: names of entries of the old `final` carried over into the new one (renamed, not copied) unless the
+    block wrote an entry of that name itself, e.g. a report's `explore/` folder that another command writes;
+    every other entry of the old `final` goes.
     """
     final = Path(final)
+    with contextlib.suppress(OSError):
+        clean_stale(final.parent, final.name)  # nothing is created: only a dead writer's leftovers go
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
     if final.exists() and not final.is_dir():
@@ -359,12 +368,23 @@ def atomic_directory(final: str | Path, *, overwrite: bool) -> Iterator[Path]:
         raise
     try:
         if final.exists():
-            trash = final.parent / f".{final.name}.old-{_tag()}"
-            os.replace(final, trash)
+            carried = []
             try:
-                os.replace(staging, final)
+                for name in keep:
+                    if os.path.lexists(final / name) and not os.path.lexists(staging / name):
+                        os.replace(final / name, staging / name)
+                        carried.append(name)
+                trash = final.parent / f".{final.name}.old-{_tag()}"
+                os.replace(final, trash)
+                try:
+                    os.replace(staging, final)
+                except BaseException:
+                    os.replace(trash, final)
+                    raise
             except BaseException:
-                os.replace(trash, final)
+                for name in carried:  # back into the old `final`, which stays as it was
+                    with contextlib.suppress(OSError):
+                        os.replace(staging / name, final / name)
                 raise
             shutil.rmtree(trash, ignore_errors=True)
         else:

@@ -175,6 +175,50 @@ def test_atomic_directory_replaces_as_a_unit(tmp_path):
     assert _debris(tmp_path) == []
 
 
+def test_atomic_directory_carries_over_kept_entries(tmp_path):
+    final = tmp_path / "report"
+    with gio.atomic_directory(final, overwrite=False) as staging:
+        (staging / "old-plot.png").write_text("old")
+    (final / "explore").mkdir()  # written into the folder by another command
+    (final / "explore" / "index.html").write_text("explorer")
+    with pytest.raises(RuntimeError), gio.atomic_directory(final, overwrite=True, keep=["explore"]) as staging:
+        (staging / "table.md").write_text("new")
+        raise RuntimeError("report failed")
+    assert sorted(p.name for p in final.iterdir()) == ["explore", "old-plot.png"]
+    with gio.atomic_directory(final, overwrite=True, keep=["explore", "absent"]) as staging:
+        (staging / "table.md").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["explore", "table.md"]
+    assert (final / "explore" / "index.html").read_text() == "explorer"
+    with gio.atomic_directory(final, overwrite=True, keep=["explore"]) as staging:  # the block's own wins
+        (staging / "explore").mkdir()
+    assert list((final / "explore").iterdir()) == []
+    assert _debris(tmp_path) == []
+
+
+def test_a_failed_swap_puts_kept_entries_back(tmp_path, monkeypatch):
+    final = tmp_path / "report"
+    final.mkdir()
+    (final / "explore").mkdir()
+    (final / "table.md").write_text("old")
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == final and ".partial-" in Path(src).name:  # the swap itself fails
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with (
+        pytest.raises(OSError, match="Input/output"),
+        gio.atomic_directory(final, overwrite=True, keep=["explore"]) as s,
+    ):
+        (s / "table.md").write_text("new")
+    monkeypatch.undo()
+    assert sorted(p.name for p in final.iterdir()) == ["explore", "table.md"]
+    assert (final / "table.md").read_text() == "old"
+    assert _debris(tmp_path) == []
+
+
 def _dead_pid():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()

@@ -24,8 +24,15 @@ from gemkr_lab.config.data import DataConfig
 from gemkr_lab.data.clue_targets import ClueFinder, ClueStats
 from gemkr_lab.data.datasets import Dataset
 from gemkr_lab.data.queries import DataError, ReadReport
-from gemkr_lab.data.regions import YoloDetector, ground_truth_regions, save_regions
-from gemkr_lab.io import write_json, write_jsonl
+from gemkr_lab.data.regions import (
+    CACHE_INPUTS,
+    YoloDetector,
+    check_detector_packages,
+    ground_truth_regions,
+    missing_regions,
+    save_regions,
+)
+from gemkr_lab.io import clean_stale, write_json, write_jsonl
 from gemkr_lab.kb import open_index
 from gemkr_lab.kb.from_corpus import build_index_from_corpus
 from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint
@@ -89,6 +96,7 @@ class Preparer:
                 raise DataError("detector 'yolo' needs yolo_weights (a local weights file; nothing is downloaded)")
             if not Path(config.yolo_weights).is_file():
                 raise DataError(f"{config.yolo_weights}: no such YOLO weights file (give a local .pt or .onnx)")
+            check_detector_packages(config.yolo_weights)  # e.g. onnxruntime for .onnx, before any step runs
         self.tokenizer = load_tokenizer(tok_dir)
         self.backend = config.index_backend
         self.force = force
@@ -97,8 +105,24 @@ class Preparer:
         self.fingerprints: dict[str, str] = {}
 
     def run(self) -> list[dict[str, str]]:
-        """Every step in order; returns what was made or skipped, and why."""
+        """Every step in order; returns what was made or skipped, and why.
+
+        A failure keeps the steps already made (a re-run resumes after them); a folder this run created and
+        left without a file (e.g. a full disk in the first step) is removed again.
+        """
+        created = not self.out.exists()
+        try:
+            return self._run()
+        except BaseException:
+            if created and self.out.is_dir() and not any(p.is_file() for p in self.out.rglob("*")):
+                shutil.rmtree(self.out, ignore_errors=True)
+            raise
+
+    def _run(self) -> list[dict[str, str]]:
         self.out.mkdir(parents=True, exist_ok=True)
+        # leftovers of a prepare that was killed (SIGTERM, SIGKILL): temporary files, staging folders
+        for folder in (self.out, self.out / "stamps", self.out / "regions"):
+            clean_stale(folder)
         (self.out / STAMP).unlink(missing_ok=True)  # not a prepared folder until every step is done again
         tok_fp = tokenizer_fingerprint(self.tokenizer)
         corpus_fp = file_fingerprint(self.dataset.corpus)
@@ -170,7 +194,14 @@ class Preparer:
             "clues": [self.out / "instructions_train.jsonl", self.out / "clue_stats.json"],
             "regions": [self.out / "regions"],
         }[name]
+        if name == "regions" and (self.out / "regions").is_dir():  # partly deleted: every image needs its file
+            return not missing_regions(self.out / "regions", self._image_ids())
         return all(p.exists() for p in expected)
+
+    def _image_ids(self) -> list[str]:
+        """The images of every query of the splits being prepared."""
+        splits = [s for s in ("train", "test") if self.dataset.has_split(s)]
+        return sorted({q.image_id for s in splits for q in self.dataset.queries(s)})
 
     def _index(self) -> str:
         index = build_index_from_corpus(
@@ -261,11 +292,17 @@ class Preparer:
 
     def _regions(self, splits: list[str]) -> str:
         cache = self.out / "regions"
-        if (self.force or self.why == "inputs changed") and cache.exists():
-            shutil.rmtree(cache)  # detections of other weights or thresholds must not survive under new ones
+        fingerprint = self.fingerprints["regions"]
+        made_with = _cache_inputs(cache)
+        # detections of other weights, thresholds or queries must not survive under new ones; a cache from
+        # before it recorded its inputs is trusted when the step's stamp says its inputs are unchanged
+        stale = made_with != fingerprint if made_with is not None else self.why == "inputs changed"
+        if (self.force or stale) and cache.exists():
+            shutil.rmtree(cache)
         cache.mkdir(exist_ok=True)
+        write_json(cache / CACHE_INPUTS, {"fingerprint": fingerprint})  # before any detection under these inputs
         image_ids = sorted({q.image_id for s in splits for q in self.dataset.queries(s)})
-        todo = [i for i in image_ids if not (cache / f"{i}.json").is_file()]  # resume an interrupted run
+        todo = missing_regions(cache, image_ids)  # resume an interrupted run, repair a partly deleted cache
         images = self.dataset.images()
         counts = []
         if self.config.detector == "ground_truth":
@@ -289,6 +326,14 @@ class Preparer:
                     counts.append(len(regions))
         empty = sum(1 for c in counts if c == 0)
         return f"{len(todo)} images detected ({len(image_ids) - len(todo)} cached), {empty} without any region"
+
+
+def _cache_inputs(cache: Path) -> str | None:
+    """The fingerprint a region cache's detections were made under (None: none recorded, or no cache)."""
+    try:
+        return json.loads((cache / CACHE_INPUTS).read_text(encoding="utf-8"))["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _quiet(progress: bool | None) -> bool | None:

@@ -7,6 +7,7 @@ with no detection has no regions, which the model turns into all-zero region fea
 """
 
 import json
+import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +42,32 @@ def ground_truth_regions(boxes: dict[str, list[dict]], image_id: str, max_object
     return _ordered(regions, max_objects)
 
 
+def check_detector_packages(weights: str | Path) -> None:
+    """Refuse YOLO weights whose optional packages are not installed (checked before any prepare step runs).
+
+    ultralytics runs `.pt` weights itself; `.onnx` weights run on ONNX Runtime, which it would otherwise try to
+    pip-install in the middle of the regions step (and fail offline).
+
+    Raises:
+        DataError: naming the weights and the `pip install` that brings what is missing.
+    """
+    import importlib.util
+
+    weights = Path(weights)
+    missing = [m for m in ("ultralytics",) if importlib.util.find_spec(m) is None]
+    if weights.suffix.lower() == ".onnx":
+        missing += [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        what = f"{weights.suffix} YOLO weights need" if weights.suffix.lower() == ".onnx" else "YOLO weights need"
+        hint = ""
+        if "onnxruntime" in missing:
+            hint = " (onnxruntime-gpu instead of onnxruntime on a GPU machine), or give .pt weights"
+        raise DataError(
+            f"{weights}: {what} {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
+            f"pip install {' '.join(missing)}{hint}"
+        )
+
+
 class YoloDetector:
     """An ultralytics YOLO loaded from a local weights file."""
 
@@ -48,6 +75,7 @@ class YoloDetector:
         weights = Path(weights)
         if not weights.is_file():
             raise DataError(f"{weights}: no such YOLO weights file (give a local .pt or .onnx; nothing is downloaded)")
+        check_detector_packages(weights)
         from ultralytics import YOLO
 
         try:
@@ -82,9 +110,30 @@ class YoloDetector:
         return out
 
 
+CACHE_INPUTS = ".inputs.json"
+"""In a region cache: the fingerprint of the detector settings and queries its detections were made with."""
+
+
+def missing_regions(cache: Path, image_ids: Iterable[str]) -> list[str]:
+    """The images whose cached regions are incomplete: no (readable) `<id>.json`, or a crop it lists is missing."""
+    missing = []
+    for image_id in image_ids:
+        try:
+            regions = json.loads((cache / f"{image_id}.json").read_text(encoding="utf-8"))
+            complete = all((cache / image_id / f"{k}.png").is_file() for k in range(len(regions)))
+        except (OSError, ValueError, TypeError):
+            complete = False
+        if not complete:
+            missing.append(image_id)
+    return missing
+
+
 def save_regions(cache: Path, image_id: str, image: Image.Image, regions: list[Region]) -> None:
     """Cache an image's regions: `<id>.json` (boxes) and `<id>/<k>.png` crops at original resolution."""
+    (cache / f"{image_id}.json").unlink(missing_ok=True)  # the image is not done until its crops are all there
     crops = cache / image_id
+    if crops.is_dir():  # crops of an earlier, interrupted or other detection: none may survive under this one
+        shutil.rmtree(crops)
     crops.mkdir(parents=True, exist_ok=True)
     for k, r in enumerate(regions):
         image.crop(r.box).save(crops / f"{k}.png")
@@ -107,4 +156,11 @@ def load_regions(
     if not path.is_file():
         raise DataError(f"{path}: regions of image {image_id!r} were not prepared; run gemkr-lab prepare")
     regions = [Region(tuple(r["box"]), r["score"], r["label"]) for r in json.loads(path.read_text(encoding="utf-8"))]
-    return [(r, Image.open(cache / image_id / f"{k}.png").convert("RGB")) for k, r in enumerate(regions)]
+    crops = [cache / image_id / f"{k}.png" for k in range(len(regions))]
+    lost = [c for c in crops if not c.is_file()]
+    if lost:
+        raise DataError(
+            f"{lost[0]}: a crop of image {image_id!r} is missing from the region cache; run gemkr-lab prepare "
+            "again (it redoes the images whose regions are incomplete)"
+        )
+    return [(r, Image.open(c).convert("RGB")) for r, c in zip(regions, crops, strict=True)]

@@ -23,7 +23,7 @@ from gemkr_lab.kb.backends import BACKENDS, open_shard
 from gemkr_lab.kb.doc_ids import DocIds, save_doc_ids
 from gemkr_lab.kb.errors import IndexFormatError
 from gemkr_lab.kb.index import KBIndex
-from gemkr_lab.kb.storage import META_FILE, load_array, read_meta, save_array
+from gemkr_lab.kb.storage import META_FILE, Verify, check_file, load_array, read_meta, save_array
 from gemkr_lab.kb.suffix_array import INT32_BYTES_LIMIT
 
 FORMAT_NAME = "gemkr-kb-index"
@@ -159,17 +159,19 @@ def build_index(
     return open_index(out_dir, verify=False)
 
 
-def open_index(path: str | Path, *, tokenizer_fingerprint: str | None = None, verify: bool = True) -> KBIndex:
+def open_index(path: str | Path, *, tokenizer_fingerprint: str | None = None, verify: Verify = True) -> KBIndex:
     """Open an index directory (arrays memory-mapped).
 
     Args:
         path: a directory written by `build_index`.
         tokenizer_fingerprint: when given, must equal the one the index was built with.
-        verify: check every file's checksum (reads the files once; sizes are always checked).
+        verify: True: every file's checksum (reads the files once); "cheap": the metadata's consistency (counts,
+            shapes, dtypes, the small count tables) and the checksums of files up to `SMALL_FILE_BYTES`; False:
+            only each file's size, dtype and shape (always checked).
 
     Raises:
         IndexFormatError: a missing or unfinished index, an unknown format or version, another tokenizer,
-            or a missing, truncated or corrupted file.
+            inconsistent metadata, or a missing, truncated or corrupted file.
     """
     path = Path(path)
     meta = read_meta(path)
@@ -199,9 +201,103 @@ def open_index(path: str | Path, *, tokenizer_fingerprint: str | None = None, ve
             open_shard(backend, path / s["dir"], s["files"], s["n_docs"], meta["eos_id"] + 1, verify)
             for s in meta["shards"]
         ]
+        if meta.get("aliases"):  # ids of dropped duplicate texts (indexes since the aliases got an entry)
+            check_file(path, meta["aliases"], verify)
+        if verify:
+            check_consistency(path, meta)
     except KeyError as exc:
         raise IndexFormatError(f"{where}: metadata lacks key {exc}; rebuild the index") from exc
+    except (TypeError, ValueError, AttributeError, IndexError) as exc:  # a damaged meta.json that still parses
+        raise IndexFormatError(f"{where}: damaged metadata ({type(exc).__name__}: {exc}); rebuild the index") from exc
     return KBIndex(path, meta, shards, doc_ids, bigram)
+
+
+def check_consistency(path: str | Path, meta: dict[str, Any]) -> None:
+    """Check that the metadata's counts, the file table's shapes and dtypes and the count tables agree.
+
+    Cheap (metadata, the per-symbol count tables and a few single values of the big arrays): it catches a
+    damaged `meta.json` and damaged small tables that still have their sizes, which would otherwise answer
+    queries with garbage.
+
+    Raises:
+        IndexFormatError: naming the file and what disagrees.
+    """
+    path = Path(path)
+    where = path / META_FILE
+
+    def bad(what: str) -> IndexFormatError:
+        return IndexFormatError(f"{where}: inconsistent index ({what}); the index is damaged, rebuild it")
+
+    vocab, n_docs, n_tokens = int(meta["vocab_size"]), int(meta["n_docs"]), int(meta["n_tokens"])
+    eos = int(meta["eos_id"]) + 1
+    if not 0 < eos <= vocab:
+        raise bad(f"EOS id {meta['eos_id']} outside the vocabulary of {vocab}")
+    dtype = str(symbol_dtype(vocab))
+    if meta["symbol_dtype"] != dtype:
+        raise bad(f"symbol_dtype {meta['symbol_dtype']!r}, a vocabulary of {vocab} is stored as {dtype}")
+    shards = meta["shards"]
+    if not shards:
+        raise bad("no shards")
+    base = 0
+    for s in shards:
+        if int(s["doc_base"]) != base or int(s["n_docs"]) < 1:
+            raise bad(f"{s['dir']} starts at document {s['doc_base']} with {s['n_docs']}, expected start {base}")
+        base += int(s["n_docs"])
+    if base != n_docs:
+        raise bad(f"the shards hold {base} documents, n_docs is {n_docs}")
+    if sum(int(s["n_tokens"]) for s in shards) != n_tokens:
+        raise bad(f"the shards hold {sum(int(s['n_tokens']) for s in shards)} tokens, n_tokens is {n_tokens}")
+    for entry in (meta.get("doc_ids") or {}).values():
+        if entry["shape"] != [n_docs]:
+            raise bad(f"{entry['file']} has shape {entry['shape']} for {n_docs} documents")
+    if meta.get("bigram"):
+        _check_table(path, meta["bigram"], vocab, bad)
+    for s in shards:
+        _check_shard(path / s["dir"], meta["backend"], s, vocab, eos, dtype, bad)
+
+
+def _check_table(directory: Path, files: dict[str, Any], vocab: int, bad) -> None:
+    """A depth-1 follower table: one pointer per symbol (+ 1), non-decreasing, ending at its symbols' count."""
+    ptr_entry, sym_entry = files["bigram_ptr"], files["bigram_sym"]
+    if ptr_entry["shape"] != [vocab + 2] or len(sym_entry["shape"]) != 1:
+        raise bad(f"{directory.name}/{ptr_entry['file']} has shape {ptr_entry['shape']}, expected [{vocab + 2}]")
+    ptr = load_array(directory, ptr_entry, verify=False)
+    if int(ptr[0]) != 0 or int(ptr[-1]) != sym_entry["shape"][0] or bool((np.diff(ptr) < 0).any()):
+        raise bad(f"{directory.name}/{ptr_entry['file']} is not a table of {sym_entry['file']}")
+
+
+def _check_shard(directory: Path, backend: str, s: dict[str, Any], vocab: int, eos: int, dtype: str, bad) -> None:
+    files, n, t = s["files"], int(s["n_docs"]), int(s["n_tokens"])
+    name = s["dir"]
+    rows = t + n if backend == "sa" else t + n + 1  # the FM's BWT has the sentinel row too
+    shapes: dict[str, list[int]] = {"C": [vocab + 2]}
+    if backend == "sa":
+        shapes |= {"text": [t + n], "sa": [t + n], "doc_starts": [n + 1]}
+        if files["text"]["dtype"] != dtype:
+            raise bad(f"{name}/{files['text']['file']} is {files['text']['dtype']}, symbols are {dtype}")
+    else:
+        levels = max(vocab.bit_length(), 1)
+        words = (rows + 63) // 64
+        shapes |= {
+            "eos_doc": [n],
+            "start_of": [vocab + 1],
+            "wm_bits": [levels, words],
+            "wm_ranks": [levels, words // 4 + 1],
+            "wm_zeros": [levels],
+        }
+    for key, shape in shapes.items():
+        if files[key]["shape"] != shape:
+            raise bad(f"{name}/{files[key]['file']} has shape {files[key]['shape']}, expected {shape}")
+    C = load_array(directory, files["C"], verify=False)
+    if int(C[0]) != 0 or int(C[-1]) != rows or bool((np.diff(C) < 0).any()):
+        raise bad(f"{name}/{files['C']['file']} does not count the shard's {rows} rows")
+    if int(C[eos + 1] - C[eos]) != n:
+        raise bad(f"{name}/{files['C']['file']} counts {int(C[eos + 1] - C[eos])} document ends, the shard has {n}")
+    if backend == "sa":
+        starts = load_array(directory, files["doc_starts"], verify=False)
+        if int(starts[0]) != 0 or int(starts[-1]) != rows:
+            raise bad(f"{name}/{files['doc_starts']['file']} does not span the shard's text")
+    _check_table(directory, files, vocab, bad)
 
 
 # ---- helpers -----------------------------------------------------------------------------------------

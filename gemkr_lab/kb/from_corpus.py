@@ -15,6 +15,7 @@ from typing import Any
 from gemkr_lab.kb.build import Backend, build_index
 from gemkr_lab.kb.corpus import Passage, read_corpus
 from gemkr_lab.kb.index import KBIndex
+from gemkr_lab.kb.storage import file_crc32
 from gemkr_lab.kb.tokenize import load_tokenizer, tokenize_texts, tokenizer_fingerprint
 
 
@@ -135,3 +136,5 @@ def _finish(meta: dict[str, Any], staging: Path, stream: _Dedup) -> None:
         with open(path, "w", encoding="utf-8") as fh:
             for alias, kept in stream.aliases:
                 fh.write(f"{alias}\t{kept}\n")
+        # listed like the arrays: opening the index checks its size (and checksum)
+        meta["aliases"] = {"file": path.name, "bytes": path.stat().st_size, "crc32": file_crc32(path)}

@@ -8,7 +8,7 @@ file, `meta.json` last, is written.
 import json
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -17,8 +17,11 @@ from gemkr_lab.kb.errors import IndexFormatError
 
 __all__ = [
     "META_FILE",
+    "SMALL_FILE_BYTES",
+    "Verify",
     "atomic_directory",
     "check_file",
+    "checksummed",
     "file_crc32",
     "load_array",
     "read_meta",
@@ -29,6 +32,20 @@ __all__ = [
 
 META_FILE = "meta.json"
 _CHUNK = 16 << 20
+SMALL_FILE_BYTES = 16 << 20
+"""With `verify="cheap"`, files up to this size are checksummed (milliseconds); larger ones only with `True`."""
+Verify = bool | Literal["cheap"]
+"""How much of an index is checked when it is opened.
+
+False: every listed file exists with its size, dtype and shape. "cheap": also the metadata's consistency and
+the checksum of every file up to `SMALL_FILE_BYTES` (the default of `index query`). True: every file's checksum
+(reads the whole index once; `index stats --verify`, training and evaluation).
+"""
+
+
+def checksummed(verify: Verify, size: int) -> bool:
+    """Whether a file of `size` bytes has its checksum checked at this verification level."""
+    return verify is True or (verify == "cheap" and size <= SMALL_FILE_BYTES)
 
 
 def file_crc32(path: Path) -> str:
@@ -53,8 +70,8 @@ def save_array(directory: Path, name: str, array: np.ndarray) -> dict[str, Any]:
     }
 
 
-def check_file(directory: Path, entry: dict[str, Any], verify: bool) -> Path:
-    """Raise `IndexFormatError` if a listed file is missing, truncated, or (with `verify`) corrupted."""
+def check_file(directory: Path, entry: dict[str, Any], verify: Verify) -> Path:
+    """Raise `IndexFormatError` if a listed file is missing, truncated, or (see `Verify`) corrupted."""
     path = directory / entry["file"]
     if not path.is_file():
         raise IndexFormatError(f"{path}: missing; the index is incomplete, rebuild it")
@@ -63,12 +80,12 @@ def check_file(directory: Path, entry: dict[str, Any], verify: bool) -> Path:
         raise IndexFormatError(
             f"{path}: {size} bytes, expected {entry['bytes']} (truncated or replaced); rebuild the index"
         )
-    if verify and file_crc32(path) != entry["crc32"]:
+    if checksummed(verify, size) and file_crc32(path) != entry["crc32"]:
         raise IndexFormatError(f"{path}: checksum mismatch (the file is corrupted); rebuild the index")
     return path
 
 
-def load_array(directory: Path, entry: dict[str, Any], *, verify: bool, mmap: bool = True) -> np.ndarray:
+def load_array(directory: Path, entry: dict[str, Any], *, verify: Verify, mmap: bool = True) -> np.ndarray:
     """Load a listed `.npy` file as a plain ndarray view of a read-only memory map.
 
     A plain ndarray (not `np.memmap`) matters: numba type-checks memmaps about 8x slower per call.
@@ -96,6 +113,9 @@ def read_meta(directory: Path) -> dict[str, Any]:
             f"{directory}: not a finished index (no {META_FILE}); an interrupted build leaves none, rebuild it"
         )
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IndexFormatError(f"{path}: unreadable metadata ({exc}); rebuild the index") from exc
+    if not isinstance(meta, dict):
+        raise IndexFormatError(f"{path}: unreadable metadata (not a JSON object); rebuild the index")
+    return meta

@@ -7,15 +7,24 @@ import optuna
 import pandas as pd
 
 from gemkr_lab.io import write_text
+from gemkr_lab.report.output import check_out, report_directory
 from gemkr_lab.sweep import study as study_mod
 from gemkr_lab.sweep.search import SearchSweep
 
 
-def write_search_report(sweep: SearchSweep, out: str | Path, storage: str | None = None) -> pd.DataFrame:
-    """Trials as Markdown/CSV, plus `history.png` and (with 2+ complete trials) `importance.png`."""
+def write_search_report(
+    sweep: SearchSweep, out: str | Path, storage: str | None = None, overwrite: bool = False
+) -> pd.DataFrame:
+    """Trials as Markdown/CSV, plus `history.png` and (with 2+ complete trials) `importance.png`.
+
+    `storage`: the Optuna storage URL the search ran with (default: the journal under its root); it is only
+    read: a missing storage or study is refused and nothing is created, in the storage or in `out`. `out` is
+    written as a unit (`report.output`): files of an earlier report there are gone (its `explore/` stays); a
+    folder that is not a report is refused unless `overwrite`.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    study = optuna.load_study(study_name=sweep.name, storage=study_mod.open_storage(storage, Path(sweep.root)))
+    check_out(out, overwrite)  # before any work
+    study = study_mod.existing_study(sweep.name, storage, Path(sweep.root))
     rows = []
     for t in study.get_trials(deepcopy=False):
         rows.append(
@@ -28,8 +37,14 @@ def write_search_report(sweep: SearchSweep, out: str | Path, storage: str | None
             }
         )
     table = pd.DataFrame(rows)
-    write_text(out / "trials.md", table.to_markdown(index=False))
-    write_text(out / "trials.csv", table.to_csv(index=False))
+    with report_directory(out, sweep=sweep.name, kind="search", overwrite=overwrite) as stage:
+        write_text(stage / "trials.md", table.to_markdown(index=False))
+        write_text(stage / "trials.csv", table.to_csv(index=False))
+        _plots(sweep, study, stage)
+    return table
+
+
+def _plots(sweep: SearchSweep, study: optuna.Study, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -51,4 +66,3 @@ def write_search_report(sweep: SearchSweep, out: str | Path, storage: str | None
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
-    return table

@@ -21,6 +21,7 @@ import pandas as pd
 
 from gemkr_lab.config.published import FIRST_HAND, KIND_NAMES, Published, PublishedError, read_published
 from gemkr_lab.kb.storage import write_json, write_text
+from gemkr_lab.report.output import check_out, report_directory
 from gemkr_lab.report.stats import (
     MIN_SEEDS_FOR_SEED_TEST,
     RANDOMIZATION_DRAWS,
@@ -339,14 +340,16 @@ def _latex_escape(text: str) -> str:
     return "".join({"%": r"\%", "&": r"\&", "#": r"\#", "_": r"\_", "$": r"\$"}.get(c, c) for c in text)
 
 
-def write_report(sweep: GridSweep, out: str | Path) -> pd.DataFrame:
-    """Write the ablation table, atomically, its bar plot and the raw results.
+def write_report(sweep: GridSweep, out: str | Path, overwrite: bool = False) -> pd.DataFrame:
+    """Write the ablation table, its bar plot and the raw results into `out`, replaced whole (`report.output`).
 
     Markdown, LaTeX and HTML carry the shown table with its notes (what ±, the interval and each p are); the CSV
     carries the numbers in explicit columns (mean, sample std, t interval, n seeds, raw and Holm-adjusted p).
+    Files of an earlier report in `out` that this one does not write are gone (its `explore/` stays); a folder
+    that is not a report is refused unless `overwrite`.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out, overwrite)  # before any work
     frame = collect(sweep)
     numbers = statistics(sweep, frame)
     table = _shown(sweep, numbers)
@@ -365,11 +368,12 @@ def write_report(sweep: GridSweep, out: str | Path) -> pd.DataFrame:
         ),
         "table.csv": lambda: numbers.to_csv(index=False),
     }
-    for name, render in writers.items():
-        write_text(out / name, render())
     raw = frame.drop(columns=["per_query"], errors="ignore")
-    write_json(out / "runs.json", {"sweep": sweep.name, "runs": json.loads(raw.to_json(orient="records"))})
-    _plot(sweep, frame, out / "ablation_r5.png")
+    with report_directory(out, sweep=sweep.name, kind="grid", overwrite=overwrite) as stage:
+        for name, render in writers.items():
+            write_text(stage / name, render())
+        write_json(stage / "runs.json", {"sweep": sweep.name, "runs": json.loads(raw.to_json(orient="records"))})
+        _plot(sweep, frame, stage / "ablation_r5.png")
     return table
 
 

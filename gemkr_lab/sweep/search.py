@@ -242,9 +242,8 @@ def reporter_from_env() -> TrialReporter | None:
     url = os.environ["GEMKR_OPTUNA_STORAGE"]
     if url.startswith("journal:"):
         from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
 
-        store = JournalStorage(JournalFileBackend(url[len("journal:") :]))
+        store = JournalStorage(study_mod.journal_file(url[len("journal:") :]))
     else:
         store = optuna.storages.RDBStorage(study_mod.storage_url(url))
     study = optuna.load_study(study_name=os.environ["GEMKR_OPTUNA_STUDY"], storage=store)

@@ -45,6 +45,8 @@ OUTAGE_SECONDS = 300.0
 CREATING_SECONDS = 60.0
 """How long a study without its fingerprint is taken to be still being created by another command."""
 QUEUE_LOCK = ".sweep-queue.lock"
+JOURNAL = "optuna-journal.log"
+"""The default storage: this journal file under the sweep's root."""
 
 _log = logging.getLogger(__name__)
 
@@ -111,12 +113,54 @@ def open_storage(url: str | None, root: Path):
     """
     if url is None:
         from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
 
         root.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(root / "optuna-journal.log")))
-    shown = redact_url(url)
+        return JournalStorage(journal_file(root / JOURNAL))
     real = storage_url(url)
+    _check_reachable(url, real)
+    return _rdb_storage(real)
+
+
+def journal_file(path: str | Path):
+    """Optuna's journal file backend at `path`, whose failed writes (disk full, quota, I/O) are rolled back.
+
+    Optuna appends a batch of log lines and fsyncs; on a full disk part of the batch may stay in the file, and a
+    later append after that partial line makes the whole journal unreadable ("Invalid log format"). Here the
+    file is cut back to its length before the batch (under Optuna's own journal lock), and the error names it.
+    """
+    from optuna.storages.journal import JournalFileBackend
+
+    class _RolledBackJournal(JournalFileBackend):
+        def append_logs(self, logs: list[dict]) -> None:
+            try:  # Optuna's lock context (optuna 5); without it, Optuna's own append (not rolled back)
+                from optuna.storages.journal._file import get_lock_file
+            except ImportError:
+                try:
+                    return super().append_logs(logs)
+                except OSError as exc:
+                    exc.filename = exc.filename or self._file_path
+                    raise
+            data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode("utf-8")
+            with get_lock_file(self._lock):
+                size = os.path.getsize(self._file_path)
+                try:
+                    with open(self._file_path, "ab") as fh:
+                        fh.write(data)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                except OSError as exc:
+                    with contextlib.suppress(OSError):
+                        os.truncate(self._file_path, size)
+                    exc.filename = exc.filename or self._file_path
+                    raise
+            return None
+
+    return _RolledBackJournal(str(path))
+
+
+def _check_reachable(url: str, real: str, outcome: str = "nothing was started") -> None:
+    """Connect once to `real` (SQLAlchemy's URL for `url`); a failure is a ConfigError ending in `outcome`."""
+    shown = redact_url(url)
     try:
         import sqlalchemy
 
@@ -125,22 +169,76 @@ def open_storage(url: str | None, root: Path):
             pass
         engine.dispose()
     except ImportError as exc:  # the dialect's driver module is not installed
-        raise ConfigError(_missing_driver(shown, real, exc)) from None
+        raise ConfigError(_missing_driver(shown, real, exc, outcome)) from None
     except Exception as exc:  # sqlalchemy raises driver-specific errors for a bad URL or an unreachable server
         from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
         if isinstance(exc, NoSuchModuleError):
             what = "names a database type SQLAlchemy does not know; use e.g. postgresql+psycopg2://USER@HOST/DB"
-            raise ConfigError(f"storage {shown}: {what}; nothing was started") from None
+            raise ConfigError(f"storage {shown}: {what}; {outcome}") from None
         if isinstance(exc, ArgumentError):
             what = "is not a database URL (not shown: it may hold a password)"
             raise ConfigError(
-                f"the storage {what}; use e.g. postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB; nothing was started"
+                f"the storage {what}; use e.g. postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB; {outcome}"
             ) from None
         reason = (getattr(exc, "orig", None) or exc).__str__().strip().splitlines() or [type(exc).__name__]
         why = _scrub(_scrub(reason[0], real), url)
-        raise ConfigError(f"storage {shown} cannot be reached ({why}); nothing was started") from None
-    return _rdb_storage(real)
+        raise ConfigError(f"storage {shown} cannot be reached ({why}); {outcome}") from None
+
+
+def existing_study(name: str, url: str | None, root: Path) -> optuna.Study:
+    """The study `name` of a sweep that ran, opened to read; nothing is created when it is not there.
+
+    `url`: the storage the sweep ran with (None: the journal file under `root`). A missing journal, SQLite file,
+    Optuna tables or study is refused naming it (the password of `url` never shown); no journal, database file
+    or table is created, as opening a storage to write would.
+
+    Raises:
+        ConfigError: no such storage or study, or the storage cannot be reached (see `open_storage`).
+    """
+    if url is None:
+        journal = root / JOURNAL
+        if not journal.is_file():
+            raise ConfigError(
+                f"no study {name!r}: {journal} does not exist; run `gemkr-lab sweep` with this file first, or pass "
+                "--storage URL if the sweep ran with one"
+            )
+        from optuna.storages import JournalStorage
+
+        storage = JournalStorage(journal_file(journal))
+        shown = str(journal)
+    else:
+        import sqlalchemy
+        from sqlalchemy.engine import make_url
+
+        shown = redact_url(url)
+        try:
+            parsed = make_url(url)
+        except Exception:  # not a URL: refused by _check_reachable, the password not shown
+            parsed = None
+        database = (parsed.database or "") if parsed is not None else ""
+        sqlite = parsed is not None and parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
+        if sqlite and not Path(database).is_file():  # connecting would create an empty database file
+            raise ConfigError(f"storage {shown}: the SQLite file {database} does not exist; check the URL")
+        real = storage_url(url)
+        _check_reachable(url, real, outcome="nothing was written")
+        engine = sqlalchemy.create_engine(real, connect_args=_connect_timeout(real))
+        try:
+            has_tables = sqlalchemy.inspect(engine).has_table("studies")
+        finally:
+            engine.dispose()
+        if not has_tables:
+            raise ConfigError(f"storage {shown} holds no Optuna studies; pass the --storage the sweep ran with")
+        storage = optuna.storages.RDBStorage(real, skip_table_creation=True)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = sorted(optuna.get_all_study_names(storage))
+        there = f"studies there: {', '.join(names)}" if names else "it holds no study"
+        raise ConfigError(
+            f"storage {shown} has no study {name!r} ({there}); run `gemkr-lab sweep` with this file first, or pass "
+            "the --storage the sweep ran with"
+        ) from None
 
 
 def _rdb_storage(url: str, tries: int = 10):
@@ -161,14 +259,14 @@ def _rdb_storage(url: str, tries: int = 10):
     raise AssertionError("unreachable")
 
 
-def _missing_driver(shown: str, real: str, exc: ImportError) -> str:
+def _missing_driver(shown: str, real: str, exc: ImportError, outcome: str = "nothing was started") -> str:
     from sqlalchemy.engine import make_url
 
     module = exc.name or "its driver"
     backend = make_url(real).get_backend_name()
     works = {"postgresql": "postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB (psycopg2 is installed)"}
     hint = f"use {works[backend]}, or install {module}" if backend in works else f"install {module}"
-    return f"storage {shown} needs the Python driver {module!r}, which is not installed: {hint}; nothing was started"
+    return f"storage {shown} needs the Python driver {module!r}, which is not installed: {hint}; {outcome}"
 
 
 def _connect_timeout(url: str) -> dict:
