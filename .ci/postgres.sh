@@ -16,3 +16,5 @@ su postgres -c "$PGBIN/pg_ctl -D $GEMKR_PGDIR/data -o '-p 55432 -k $GEMKR_PGDIR 
 trap 'su postgres -c "$PGBIN/pg_ctl -D $GEMKR_PGDIR/data -m fast stop" >/dev/null 2>&1; rm -rf "$GEMKR_PGDIR"' EXIT
 psql -q -h 127.0.0.1 -p 55432 -U postgres -c 'create database optuna;'
 export GEMKR_TEST_POSTGRES_URL=postgresql+psycopg2://postgres@127.0.0.1:55432/optuna
+# how the outage test stops and restarts this cluster
+export GEMKR_TEST_POSTGRES_CTL="su postgres -c \"$PGBIN/pg_ctl -D $GEMKR_PGDIR/data -o '-p 55432 -k $GEMKR_PGDIR -c listen_addresses=127.0.0.1' -l $GEMKR_PGDIR/log -w %s\""

@@ -201,6 +201,9 @@ class _FakeTrainer:
     def fit(self, module, datamodule=None, ckpt_path=None) -> None:
         _FakeTrainer.given["datamodule"] = datamodule
 
+    def save_checkpoint(self, path) -> None:
+        _FakeTrainer.given["saved"] = path
+
 
 @checks("gemkr-7b", "official-recipe")
 @pytest.mark.parametrize("preset", ["paper/gemkr-7b", "tiny-cpu/official-recipe"])
@@ -242,7 +245,9 @@ def test_official_recipe(preset, worlds, tmp_path, monkeypatch):
     assert crops[0].interpolation == T.InterpolationMode.BICUBIC
     assert not any(isinstance(t, T.RandomResizedCrop) for t in data.transform.transforms)
     row = data.train_rows[0]
-    assert not torch.equal(data.item(row, "train")["image"], data.item(row, "train")["image"])  # random crops
+    crop = data.item(row, "train", index=0)["image"]
+    assert torch.equal(crop, data.item(row, "train", index=0)["image"])  # drawn per (seed, epoch, sample)
+    assert not torch.equal(crop, data.item(row, "train", index=1)["image"])  # random crops
     assert torch.equal(data.item(row, "test")["image"], data.item(row, "test")["image"])
     image = data._images.load(row["image_id"])
     assert data.item(data.test_rows[0], "test")["image"].shape == data.train_transform(image).shape
