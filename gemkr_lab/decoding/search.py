@@ -17,6 +17,10 @@ against a naive HF 4.28 reference.
 
 Step 0: a clue starts with neither EOS nor BOS, unless `allow_bos_eos_first_token` (the official allowed-token
 function): then EOS gives an empty clue and BOS a clue that must begin a document (`DocumentStarts`).
+
+Per step, the model's log-probabilities stay on its device; `constraint.step_candidates` hands the search each
+beam's best `needed` allowed tokens (the only ones a group can pick), and the groups choose among those on the
+host (`_groups.select_groups`), in float32 as the tensors did.
 """
 
 import time
@@ -26,11 +30,10 @@ import numpy as np
 import torch
 
 from gemkr_lab.config.decoding import DecodingConfig
-from gemkr_lab.decoding.constraint import IndexConstraint
+from gemkr_lab.decoding._groups import select_groups
+from gemkr_lab.decoding.constraint import IndexConstraint, StepRows, step_candidates
 from gemkr_lab.decoding.starts import DocumentStarts
 from gemkr_lab.kb.index import KBIndex
-
-NEG_INF = float("-inf")
 
 
 @dataclass
@@ -96,6 +99,7 @@ def beam_search(
     constraint: IndexConstraint | None = None,
     bos_id: int | None = None,
     starts: DocumentStarts | None = None,
+    scores_on_host: bool | None = None,
 ) -> SearchResult:
     """Decode `config.num_clues` clues for each prompt of a left-padded batch.
 
@@ -108,9 +112,12 @@ def beam_search(
         input_ids: [Q, T] prompt token ids.
         attention_mask: [Q, T], 0 on left padding (default: all ones).
         index: the KB index, when `config.constrained`.
-        constraint: a prepared mask builder (built from `index` if not given).
+        constraint: the index's part of each step (built from `index` if not given).
         bos_id: the tokenizer's BOS id (needed by `allow_bos_eos_first_token`).
         starts: the documents' first tokens (built from `index` when `allow_bos_eos_first_token` needs them).
+        scores_on_host: pick each beam's candidates from log-probabilities read on the host (default: when the
+            model runs on the CPU); False keeps log-softmax, mask and top-k on the model's device and copies
+            only candidate ids and values to the host (`constraint.step_candidates`).
     """
     prompt = inputs_embeds if inputs_embeds is not None else input_ids
     if prompt is None:
@@ -135,7 +142,7 @@ def beam_search(
     out = model(**kwargs, attention_mask=attention_mask, position_ids=positions, use_cache=True)
     cache = _cache_of(out)
     cache.batch_repeat_interleave(per_query)
-    logits = out.logits[:, -1, :].float().cpu().repeat_interleave(per_query, dim=0)
+    logits = out.logits[:, -1, :].float().repeat_interleave(per_query, dim=0)  # stays on the model's device
     model_seconds = time.perf_counter() - t0
     vocab = logits.shape[-1]
     mask_len = attention_mask.repeat_interleave(per_query, dim=0)
@@ -145,79 +152,52 @@ def beam_search(
         constraint = IndexConstraint(index, vocab, config.check_top_m, config.enumerate_below)
     states = index.root_states(n) if config.constrained else None
     # every beam but the first of each group starts dead so that a group's first step picks distinct tokens
-    cum = torch.full((n,), NEG_INF)
-    cum.view(q, groups, beams)[:, :, 0] = 0.0
-    tokens = torch.zeros((n, 0), dtype=torch.long)
+    cum = np.full(n, -np.inf, dtype=np.float32)
+    cum.reshape(q, groups, beams)[:, :, 0] = 0.0
+    tokens = np.zeros((n, 0), dtype=np.int64)
     forced = np.zeros(n, dtype=bool)
     anchored = np.zeros(n, dtype=bool)  # clues that began with BOS: they follow `starts`, not the index
     start_lo, start_hi = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     pools = [_Pool(per_query) for _ in range(q)]
+    # each beam's best `needed` allowed tokens hold every candidate a group can pick: its best 2 x beams, plus
+    # the tokens earlier groups may have penalised
     needed = 2 * beams + (groups - 1) * beams if config.search == "diverse" else 2 * beams
+    penalty = np.float32(config.diversity_penalty if config.search == "diverse" else 0.0)
+    eos_only = np.array([eos_id], dtype=np.int64)
+    chosen_rows, chosen_tok = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    new_cum, done_src, done_val = np.empty(n, dtype=np.float32), np.empty(n, dtype=np.int64), np.empty(n, np.float32)
 
     for step in range(config.clue_cap + 1):
         logprobs = torch.log_softmax(logits, dim=-1)
         at_cap = step == config.clue_cap
         end_now = np.full(n, at_cap) | forced
+        alive = cum > -np.inf  # dead slots need no candidates
+        live = np.flatnonzero(~end_now & alive)
+        # forced end: only EOS (not advanced in the index: it need not end a document)
+        listed = {int(r): eos_only for r in np.flatnonzero(end_now & alive)}
+        official_first = step == 0 and official_start
         if config.constrained:
-            live = np.flatnonzero(~end_now & (cum.numpy() > NEG_INF))  # dead slots need no mask
-            add = constraint.mask(states, logprobs, live[~anchored[live]], needed)
             for r in live[anchored[live]]:
-                add[r, torch.as_tensor(starts.allowed(start_lo[r], start_hi[r], step - 1))] = 0.0
-        else:
-            add = torch.zeros_like(logprobs)
-        if step == 0 and official_start:
-            add[:, [bos_id, eos_id]] = 0.0
-        if end_now.any():  # forced end: only EOS (not advanced in the index: it need not end a document)
-            rows = torch.as_tensor(np.flatnonzero(end_now))
-            add[rows] = NEG_INF
-            add[rows, eos_id] = 0.0
-        processed = logprobs + add
-        if not config.constrained and step == 0 and not official_start:
-            processed[:, eos_id] = NEG_INF  # a clue never starts with EOS
-        chosen_rows = torch.empty(n, dtype=torch.long)
-        chosen_tok = torch.full((n,), eos_id, dtype=torch.long)
-        new_cum = torch.full((n,), NEG_INF)
-        for g in range(groups):
-            picked = torch.zeros((q, vocab))  # tokens chosen by earlier groups at this step, per query
-            if g and config.search == "diverse" and config.diversity_penalty:
-                prev = chosen_tok.view(q, groups, beams)[:, :g].reshape(q, -1)
-                ok = new_cum.view(q, groups, beams)[:, :g].reshape(q, -1) > NEG_INF
-                picked.scatter_add_(1, prev, ok.float())
-            rows = torch.arange(q)[:, None] * per_query + g * beams + torch.arange(beams)[None, :]  # [q, B]
-            scores = processed[rows] - config.diversity_penalty * picked[:, None, :]
-            scores = scores + cum[rows][..., None]
-            flat = scores.reshape(q, beams * vocab)
-            top_v, top_i = torch.topk(flat, min(2 * beams, flat.shape[1]), dim=-1)
-            for qi in range(q):
-                kept = 0
-                for rank in range(top_v.shape[1]):
-                    value = float(top_v[qi, rank])
-                    if value == NEG_INF or kept == beams:
-                        break
-                    src_b, tok = divmod(int(top_i[qi, rank]), vocab)
-                    src = int(rows[qi, src_b])
-                    if tok == eos_id:
-                        if rank >= beams:  # HF: an EOS below the top `beams` candidates is not kept
-                            continue
-                        clue = tokens[src].tolist()
-                        score = value / (len(clue) + 1) ** config.length_penalty
-                        pools[qi].add(Hypothesis(clue, not end_now[src], value, score, bool(anchored[src])))
-                        continue
-                    dst = int(rows[qi, kept])
-                    chosen_rows[dst] = src
-                    chosen_tok[dst] = tok
-                    new_cum[dst] = value
-                    kept += 1
-                for b in range(kept, beams):  # no valid continuation left for these slots
-                    dst = int(rows[qi, b])
-                    chosen_rows[dst] = int(rows[qi, 0])
-                    new_cum[dst] = NEG_INF
-        if at_cap or bool((new_cum == NEG_INF).all()):
+                listed[int(r)] = starts.allowed(start_lo[r], start_hi[r], step - 1)
+            also = (bos_id, eos_id) if official_first else ()
+            rows = StepRows(indexed=live[~anchored[live]], listed=listed, also=also)
+        else:  # a clue never starts with EOS (unless the official step 0 allows it)
+            rows = StepRows(listed=listed, free=live, banned=eos_id if step == 0 and not official_start else -1)
+        cand_tok, cand_val = step_candidates(logprobs, needed, rows, states, constraint, on_host=scores_on_host)
+        n_done = select_groups(
+            cand_tok, cand_val, cum, q, groups, beams, penalty, eos_id, vocab,
+            chosen_rows, chosen_tok, new_cum, done_src, done_val,
+        )  # fmt: skip
+        for src, value in zip(done_src[:n_done].tolist(), done_val[:n_done].tolist(), strict=True):
+            clue = tokens[src].tolist()
+            score = value / (len(clue) + 1) ** config.length_penalty
+            pools[src // per_query].add(Hypothesis(clue, not end_now[src], value, score, bool(anchored[src])))
+        if at_cap or bool((new_cum == -np.inf).all()):
             break
-        cum = new_cum
-        tokens = torch.cat([tokens[chosen_rows], chosen_tok[:, None]], dim=1)
+        cum = new_cum.copy()
+        src, tok = chosen_rows.copy(), chosen_tok.copy()
+        tokens = np.concatenate([tokens[src], tok[:, None]], axis=1)
         if official_start:
-            src, tok = chosen_rows.numpy(), chosen_tok.numpy()
             anchored, start_lo, start_hi = anchored[src], start_lo[src], start_hi[src]
             if step == 0:
                 anchored = tok == bos_id
@@ -226,22 +206,22 @@ def beam_search(
                 for r in np.flatnonzero(anchored):
                     start_lo[r], start_hi[r] = starts.advance(start_lo[r], start_hi[r], step - 1, int(tok[r]))
         if config.constrained:
-            states = constraint.index.advance(states.take(chosen_rows.numpy()), chosen_tok.numpy())
+            states = constraint.index.advance(states.take(src), tok)
             if config.stop_at_count is not None:
                 counts = np.where(anchored, start_hi - start_lo, states.counts)
-                forced = (counts <= config.stop_at_count) & (cum.numpy() > NEG_INF)
+                forced = (counts <= config.stop_at_count) & (cum > -np.inf)
         t0 = time.perf_counter()
-        cache.reorder_cache(chosen_rows.to(device))
+        cache.reorder_cache(torch.as_tensor(src, device=device))
         mask_len = torch.cat([mask_len, torch.ones((n, 1), dtype=mask_len.dtype, device=device)], dim=1)
         out = model(
-            input_ids=chosen_tok[:, None].to(device),
+            input_ids=torch.as_tensor(tok[:, None], device=device),
             attention_mask=mask_len,
             position_ids=next_pos,
             cache=cache,
             use_cache=True,
         )
         cache = _cache_of(out)
-        logits = out.logits[:, -1, :].float().cpu()
+        logits = out.logits[:, -1, :].float()
         next_pos = next_pos + 1
         model_seconds += time.perf_counter() - t0
 

@@ -315,11 +315,18 @@ def search(bits, ranks, Z, start_of, C, lo, hi, pattern):
 # ---- decoding: the best-scored followers -----------------------------------------------------------
 
 
+BIGRAM_MASK_SHARE = 2
+"""A frequent clue's best-first search scores only its last token's followers (its bigram row) when that row
+holds at most 1 / BIGRAM_MASK_SHARE of the vocabulary: a tighter key, fewer nodes when the model's best tokens
+cannot follow (in the reversed-text index a clue's rows all start with its last token: `C` names it)."""
+
+
 @nb.njit(cache=True)
 def best_next(
     bits,
     ranks,
     Z,
+    C,
     lo,
     hi,
     depth,
@@ -336,11 +343,12 @@ def best_next(
 ):
     """Per beam, the `out_tok.shape[1]` best-scored tokens allowed after its clue (see `_select_kernels`).
 
-    Depth 0: the root set `root_allowed` (a dense scan); depth 1: the bigram table's row of symbol
-    `first_sym[j]`; deeper clues occurring at most `FEW` times: their followers, listed; more frequent ones:
-    best-first over the wavelet matrix, where a node is a level, a symbol prefix and its row range, keyed by
-    the best score under the prefix. With `deep_only` (a shard after the first of a sharded KB), depth 0 and
-    1 beams are left empty.
+    The empty clue: the root set `root_allowed` (a dense scan); one token: its row of the bigram table
+    (`first_sym[j]`'s, scanned by score blocks); deeper clues occurring at most `FEW` times: their followers,
+    listed; more frequent ones: best-first over the wavelet matrix, where a node is a level, a
+    symbol prefix and its row range, keyed by the best score under the prefix (among the clue's last
+    token's followers, `BIGRAM_MASK_SHARE`). With `deep_only` (a shard after the first of a sharded KB),
+    clues of depth 0 and 1 are left to the first shard.
     """
     nlev = bits.shape[0]
     need = out_tok.shape[1]
@@ -354,6 +362,8 @@ def best_next(
     node_a = np.empty(1024, dtype=np.int64)
     node_b = np.empty(1024, dtype=np.int64)
     few = np.empty(sel.FEW, dtype=np.int64)
+    width = scores.shape[1]
+    masked = np.empty((1, width), dtype=np.float32)
     for j in range(lo.shape[0]):
         found = 0
         row = score_row[j]
@@ -365,12 +375,26 @@ def best_next(
         elif depth[j] == 1:
             if not deep_only:
                 c = first_sym[j]
-                found = sel.set_row(scores, row, bigram_sym, bigram_ptr[c], bigram_ptr[c + 1], 1, out_tok, out_val, j)
+                found = sel.guided_set_row(
+                    scores, row, bigram_sym, bigram_ptr[c], bigram_ptr[c + 1], 1, out_tok, out_val, j, block_best
+                )
         elif hi[j] - lo[j] <= sel.FEW:  # a rare clue: its few followers cost less than the score summary
             for i in range(range_symbols(bits, ranks, Z, lo[j], hi[j], few, few, 0, 1)):
                 found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, few[i])
         elif lo[j] < hi[j]:
-            sel.summarize(scores, row, nlev, tree)
+            # the clue's followers follow its last token: score only that token's bigram row
+            c = np.searchsorted(C, lo[j], side="right") - 1
+            src = scores
+            srow = row
+            if bigram_ptr[c + 1] - bigram_ptr[c] <= width // BIGRAM_MASK_SHARE:
+                masked[0, :] = sel.NEG_INF
+                for i in range(bigram_ptr[c], bigram_ptr[c + 1]):
+                    t = np.int64(bigram_sym[i]) - 1
+                    if t < width:
+                        masked[0, t] = scores[row, t]
+                src = masked
+                srow = 0
+            sel.summarize(src, srow, nlev, tree)
             size = 0
             nodes = 0
             if tree[1] > sel.NEG_INF:
@@ -400,7 +424,7 @@ def best_next(
                     if lvl + 1 == nlev:
                         found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, cv)
                         continue
-                    best = sel.node_best(scores, row, tree, nlev, lb, lvl + 1, cv)
+                    best = sel.node_best(src, srow, tree, nlev, lb, lvl + 1, cv)
                     if best == sel.NEG_INF or (found == need and best < out_val[j, need - 1]):
                         continue
                     node_l[nodes], node_v[nodes], node_a[nodes], node_b[nodes] = lvl + 1, cv, ca, cb

@@ -224,12 +224,12 @@ def best_next(
 ):
     """Per beam, the `out_tok.shape[1]` best-scored tokens allowed after its clue (see `_select_kernels`).
 
-    Depth 0: the root set `root_allowed` (a dense scan); depth 1: the bigram table's row of symbol
-    `first_sym[j]`; deeper clues occurring at most `FEW` times: their followers, listed; more frequent ones:
-    best-first over a binary partition of the symbol space, where a node is a symbol interval of width
-    `2**(nlev - level)` and its rows (split by a binary search for the middle symbol), keyed by the best
-    score in the interval. With `deep_only` (a shard after the first of a sharded KB), depth 0 and 1 beams
-    are left empty.
+    The empty clue: the root set `root_allowed` (a dense scan); one token: its row of the bigram table
+    (`first_sym[j]`'s, scanned by score blocks); deeper clues occurring at most `FEW` times: their followers,
+    listed; more frequent ones: best-first over a binary partition of the symbol space, where a
+    node is a symbol interval of width `2**(nlev - level)` and its rows (split by a binary search for the
+    middle symbol), keyed by the best score in the interval. With `deep_only` (a shard after the first of a
+    sharded KB), clues of depth 0 and 1 are left to the first shard.
     """
     need = out_tok.shape[1]
     lb = sel.summary_levels(nlev)
@@ -253,7 +253,9 @@ def best_next(
         elif depth[j] == 1:
             if not deep_only:
                 c = first_sym[j]
-                found = sel.set_row(scores, row, bigram_sym, bigram_ptr[c], bigram_ptr[c + 1], 1, out_tok, out_val, j)
+                found = sel.guided_set_row(
+                    scores, row, bigram_sym, bigram_ptr[c], bigram_ptr[c + 1], 1, out_tok, out_val, j, block_best
+                )
         elif hi[j] - lo[j] <= sel.FEW:  # a rare clue: its few followers cost less than the score summary
             for i in range(followers(T, SA, lo[j], hi[j], depth[j], few, few, 0, 1)):
                 found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, few[i])

@@ -11,6 +11,9 @@ the highest score (a max-tree over the scores, `summarize`). It stops once `need
 queued node can beat or tie the last, so it touches only the part of the range that can matter: a few paths
 when the best-scored tokens are allowed (a trained model), at most the enumeration's nodes when they are not
 (a flat or random distribution), and never the followers of a short clue one by one.
+
+Numba's on-disk cache keys a compiled function by its own file only: after editing this module, delete the
+cached `_fm_kernels.*` / `_sa_kernels.*` entries in `__pycache__`, or their kernels keep the old code.
 """
 
 import numba as nb
@@ -96,6 +99,82 @@ def set_row(scores, row, tok, start, end, shift, out_tok, out_val, j):
         if v == NEG_INF or (size == need and v < out_val[j, need - 1]):
             continue
         size = offer(out_tok, out_val, j, size, t, v)
+    return size
+
+
+@nb.njit(cache=True)
+def block_bests(scores, row, block_best):
+    """Best score of each 64-id block of a scores row, into `block_best` (`ceil(width / 64)` entries)."""
+    width = scores.shape[1]
+    for blk in range((width + 63) >> 6):
+        block_best[blk] = best_in(scores, row, blk << 6, min((blk + 1) << 6, width))
+
+
+@nb.njit(cache=True, inline="always")
+def _sift_down(heap, size, i, key):
+    """Restore the max-heap `heap[:size]` (of indices into `key`) below position i."""
+    x = heap[i]
+    while True:
+        c = 2 * i + 1
+        if c >= size:
+            break
+        if c + 1 < size and key[heap[c + 1]] > key[heap[c]]:
+            c += 1
+        if key[heap[c]] <= key[x]:
+            break
+        heap[i] = heap[c]
+        i = c
+    heap[i] = x
+
+
+@nb.njit(cache=True)
+def guided_set_row(scores, row, tok, start, end, shift, out_tok, out_val, j, block_best):
+    """`set_row` for a large set sorted by id, guided by the scores.
+
+    Blocks of 64 ids are visited by best score, descending, until no block left can hold a better candidate,
+    so only a few of the set's ids are looked at.
+    """
+    need = out_tok.shape[1]
+    width = scores.shape[1]
+    n_blocks = (width + 63) >> 6
+    if end - start <= 8 * n_blocks:  # a small set: reading it costs less than summarising the scores
+        return set_row(scores, row, tok, start, end, shift, out_tok, out_val, j)
+    block_bests(scores, row, block_best)
+    heap = np.empty(n_blocks, dtype=np.int64)  # blocks, a max-heap by best score
+    queued = 0
+    for blk in range(n_blocks):
+        if block_best[blk] > NEG_INF:
+            heap[queued] = blk
+            queued += 1
+    for i in range(queued // 2 - 1, -1, -1):
+        _sift_down(heap, queued, i, block_best)
+    size = 0
+    while queued > 0:
+        blk = heap[0]
+        m = block_best[blk]
+        if size == need and m < out_val[j, need - 1]:
+            break  # blocks come by best score: none left can hold a better candidate
+        queued -= 1
+        heap[0] = heap[queued]
+        _sift_down(heap, queued, 0, block_best)
+        t0 = blk << 6
+        t1 = min(t0 + 64, width)
+        a = start
+        b = end
+        while a < b:  # the set's first id in the block
+            mid = (a + b) >> 1
+            if np.int64(tok[mid]) - shift < t0:
+                a = mid + 1
+            else:
+                b = mid
+        while a < end:
+            t = np.int64(tok[a]) - shift
+            if t >= t1:
+                break
+            v = scores[row, t]
+            if v > NEG_INF:
+                size = offer(out_tok, out_val, j, size, t, v)
+            a += 1
     return size
 
 

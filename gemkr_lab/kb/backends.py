@@ -216,7 +216,20 @@ class FMShard(Shard):
     def best_next(self, lo, hi, depth, live, tables, deep_only, scores, score_row, out_tok, out_val):
         """The best-scored allowed tokens of each state (see `KBIndex.best_next`)."""
         fmk.best_next(
-            self.bits, self.ranks, self.Z, lo, hi, depth, live, *tables, deep_only, scores, score_row, out_tok, out_val
+            self.bits,
+            self.ranks,
+            self.Z,
+            self.C,
+            lo,
+            hi,
+            depth,
+            live,
+            *tables,
+            deep_only,
+            scores,
+            score_row,
+            out_tok,
+            out_val,
         )
 
     def check(self, lo, hi, depth, cand):

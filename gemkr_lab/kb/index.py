@@ -252,9 +252,10 @@ class KBIndex:
 
         Decoding's whole question: beam search only ever continues a beam with a few of its best valid
         tokens, so the ~10^4 followers of a short, frequent clue need not be enumerated. Depth 0 and 1 are
-        served from the root set and the bigram table; deeper clues are searched best-first in the index,
-        guided by the scores (see `gemkr_lab.kb._select_kernels`): a few paths when the best-scored tokens
-        are allowed, never more nodes than enumerating the followers when they are not.
+        served from the root set and the bigram table (read by score blocks), rare deeper clues list their
+        followers, frequent ones are searched best-first in the index, guided by the scores (see
+        `gemkr_lab.kb._select_kernels`): a few paths when the best-scored tokens are allowed, never more
+        nodes than enumerating the followers when they are not.
 
         Args:
             states: the beams.
@@ -364,3 +365,27 @@ class KBIndex:
 
 
 _EMPTY = np.empty(0, dtype=np.int64)
+
+
+def best_of_rows(scores: np.ndarray, rows: np.ndarray, k: int, banned: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's `k` best-scored ids (any id but `banned`), as `KBIndex.best_next` returns them.
+
+    `scores` float32[N, V]; `rows` int64[B] picks the rows. Unconstrained decoding's counterpart of `best_next`.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    tok = np.empty((rows.size, k), dtype=np.int64)
+    val = np.empty((rows.size, k), dtype=np.float32)
+    if rows.size and k:
+        everything = np.empty(0, dtype=bool)
+        sek.top_of_rows(scores, rows, everything, np.full(rows.size, banned, dtype=np.int64), tok, val)
+    return tok, val
+
+
+def best_of_set(scores: np.ndarray, row: int, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` best-scored of `ids` under `scores[row]`, sorted and padded as `KBIndex.best_next` returns them."""
+    ids = np.asarray(ids, dtype=np.int64)
+    tok = np.empty((1, k), dtype=np.int64)
+    val = np.empty((1, k), dtype=np.float32)
+    found = sek.set_row(scores, row, ids, 0, ids.size, 0, tok, val, 0) if k else 0
+    tok[0, found:], val[0, found:] = -1, -np.inf
+    return tok[0], val[0]

@@ -279,3 +279,110 @@ def test_config_rejects_bad_values():
         DecodingConfig(max_clue_tokens=0)
     assert DecodingConfig(search="beam", num_groups=10).num_clues == 10
     assert list(itertools.islice(iter([DecodingConfig().num_clues]), 1)) == [10]
+
+
+@pytest.mark.parametrize("kb", ["sa", "fm2"])
+@pytest.mark.parametrize("constrained", [True, False])
+def test_the_device_route_picks_the_host_routes_clues(world, kb, constrained, tiny_llama):
+    """Top-k on the model's device (candidates copied to the host) = candidates read on the host, bit for bit."""
+    tok, _, indexes = world
+    cfg = DecodingConfig(num_groups=5, max_clue_tokens=6, constrained=constrained)
+    rng = np.random.default_rng(6)
+    for seed in range(2):
+        model = tiny_llama(len(tok), seed=seed)
+        prompts = _prompts(rng, 3, len(tok))
+        results = [
+            beam_search(model, cfg, tok.eos_token_id, input_ids=prompts, index=indexes[kb], scores_on_host=on_host)
+            for on_host in (True, False)
+        ]
+        host, device = (
+            [[(h.tokens, h.ended_with_eos, h.cumulative) for h in hs] for hs in r.hypotheses] for r in results
+        )
+        assert host == device
+
+
+class _HostCopies(torch.overrides.TorchFunctionMode):
+    """Records the shape of every tensor whose data is read on the host (copied off a device)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in ("cpu", "numpy", "tolist", "item", "__array__"):
+            self.shapes.append(tuple(args[0].shape))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_the_device_route_never_copies_a_vocabulary_row_to_the_host(world, constrained, tiny_llama, monkeypatch):
+    """Log-softmax, mask and top-k stay on the model's device: per step one small candidate tensor (two when a
+    frequent clue's checked candidates are too few) comes back, never a [beams, vocab] row."""
+    from gemkr_lab.decoding import constraint as constraint_module
+
+    tok, _, indexes = world
+    vocab = len(tok)
+    transfers = []
+    to_host = constraint_module._to_host
+
+    def counted(*tensors):
+        transfers.append([tuple(t.shape) for t in tensors])
+        return to_host(*tensors)
+
+    monkeypatch.setattr(constraint_module, "_to_host", counted)
+    cfg = DecodingConfig(num_groups=5, max_clue_tokens=6, constrained=constrained)
+    model = tiny_llama(vocab, seed=1)
+    with _HostCopies() as copies:
+        res = beam_search(
+            model, cfg, tok.eos_token_id, input_ids=_prompts(np.random.default_rng(7), 3, vocab),
+            index=indexes["fm2"], scores_on_host=False,
+        )  # fmt: skip
+    assert all(vocab not in shape for shape in copies.shapes), copies.shapes
+    assert res.steps <= len(transfers) <= 2 * res.steps
+    assert all(shape[0][1] < vocab for shape in (t for t in transfers)), transfers
+
+
+class _MetaCache:
+    def batch_repeat_interleave(self, n):
+        pass
+
+    def reorder_cache(self, rows):
+        pass
+
+
+class _MetaLM(torch.nn.Module):
+    """A causal LM whose logits live on the meta device (no data: any copy to the host fails)."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, input_ids=None, inputs_embeds=None, **kwargs):
+        x = input_ids if input_ids is not None else inputs_embeds
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=torch.zeros(*x.shape[:2], self.vocab, device="meta"), cache=_MetaCache())
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_a_step_runs_on_the_meta_device_until_the_candidate_ids_are_needed(world, constrained, monkeypatch):
+    """Logits on the meta device: log-softmax, the index's mask and top-k all run there, and the first copy to
+    the host is the candidates' (beams x M, M < vocab)."""
+    from gemkr_lab.decoding import constraint as constraint_module
+
+    tok, _, indexes = world
+
+    class Reached(Exception):
+        pass
+
+    def stop(*tensors):
+        raise Reached([(t.device.type, tuple(t.shape)) for t in tensors])
+
+    monkeypatch.setattr(constraint_module, "_to_host", stop)
+    cfg = DecodingConfig(num_groups=5, max_clue_tokens=6, constrained=constrained)
+    prompt = torch.zeros((2, 4), dtype=torch.long, device="meta")
+    with pytest.raises(Reached) as reached:
+        beam_search(_MetaLM(len(tok)), cfg, tok.eos_token_id, input_ids=prompt, index=indexes["sa"])
+    (values, ids) = reached.value.args[0]
+    assert values[0] == ids[0] == "meta"
+    assert values[1] == ids[1] and values[1][0] == 2 * 5 and values[1][1] < len(tok)

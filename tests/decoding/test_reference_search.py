@@ -153,9 +153,9 @@ def _reference(model, prompt, cfg, cap, brute=None, seen=None):
     return pool
 
 
-def _compare(model, prompts, cfg, cap, index=None, brute=None, seen=None):
+def _compare(model, prompts, cfg, cap, index=None, brute=None, seen=None, **options):
     """The project's search on a batch of prompts equals the reference on each prompt alone."""
-    res = beam_search(model, cfg, EOS, input_ids=torch.as_tensor(prompts), index=index)
+    res = beam_search(model, cfg, EOS, input_ids=torch.as_tensor(prompts), index=index, **options)
     for prompt, hyps in zip(prompts, res.hypotheses, strict=True):
         ref = _reference(model, prompt, cfg, cap, brute, seen)
         assert [(h.tokens, h.ended_with_eos) for h in hyps] == [(r[1], r[2]) for r in ref]
@@ -195,19 +195,27 @@ def test_unconstrained_search_equals_the_reference(knobs, tiny_llama):
     seen = Counter()
     for seed in (0, 1, 2):
         for eos_bias in (0.0, 4.0):
-            _compare(_model(tiny_llama, seed, eos_bias), _prompts(seed), cfg, 5, seen=seen)
+            model = _model(tiny_llama, seed, eos_bias)
+            for on_host in (True, False):
+                _compare(model, _prompts(seed), cfg, 5, seen=seen, scores_on_host=on_host)
     assert seen["generated eos"] and seen["forced eos"], seen
     assert seen["eos best at step 0"], seen  # where the step-0 rule (no empty clue) decides
     assert bool(seen["penalised candidate"]) == (knobs["search"] == "diverse"), seen
 
 
+# the candidates read where the log-probs lie (host) or picked by top-k on the model's device (device)
+ROUTES = [pytest.param(True, id="host"), pytest.param(False, id="device")]
+
+
+@pytest.mark.parametrize("on_host", ROUTES)
 @pytest.mark.parametrize("knobs", SEARCHES)
-def test_constrained_search_equals_the_reference(knobs, kb, tiny_llama):
+def test_constrained_search_equals_the_reference(knobs, on_host, kb, tiny_llama):
     docs, indexes = kb
     cfg = DecodingConfig(max_clue_tokens=5, **knobs)
     seen = Counter()
     for seed in (0, 1, 2):
-        _compare(_model(tiny_llama, seed), _prompts(seed + 10), cfg, 5, indexes["sa"], _Brute(docs), seen)
+        model, prompts = _model(tiny_llama, seed), _prompts(seed + 10)
+        _compare(model, prompts, cfg, 5, indexes["sa"], _Brute(docs), seen, scores_on_host=on_host)
     # short documents: clues reach documents' ends, where EOS is allowed (and sometimes the only continuation)
     assert seen["generated eos"] and seen["forced eos"] and seen["dead slot"], seen
     assert bool(seen["penalised candidate"]) == (knobs["search"] == "diverse"), seen
@@ -236,8 +244,9 @@ def test_constrained_variants_equal_the_reference(extra, backend, kb, tiny_llama
 
 
 def test_checking_the_models_best_tokens_is_exact(tmp_path, tiny_llama, monkeypatch):
-    """Large ranges are constrained by checking the model's best M tokens (falling back to enumeration when
-    fewer than the search needs are valid): a dense KB over a small vocabulary takes both routes."""
+    """On the device route, large ranges are constrained by checking the model's best M tokens (falling back to
+    enumeration when fewer than the search needs are valid): a dense KB over a small vocabulary takes both
+    routes; the host route (best-first in the index) gives the same clues."""
     vocab = 16
     rng = np.random.default_rng(3)
     docs = [(4 + rng.integers(0, vocab - 4, size=int(rng.integers(3, 20)))).tolist() for _ in range(150)]
@@ -257,7 +266,8 @@ def test_checking_the_models_best_tokens_is_exact(tmp_path, tiny_llama, monkeypa
         model = _model(tiny_llama, seed, vocab=vocab)
         for knobs in ({"search": "diverse", "num_groups": 3}, {"search": "beam", "num_groups": 2}):
             cfg = DecodingConfig(max_clue_tokens=6, check_top_m=8, enumerate_below=4, **knobs)
-            _compare(model, _prompts(seed, n=3, vocab=vocab), cfg, 6, index, brute)
+            for on_host in (False, True):
+                _compare(model, _prompts(seed, n=3, vocab=vocab), cfg, 6, index, brute, scores_on_host=on_host)
     assert routes["checked"] and routes["fell back"], routes
 
 
