@@ -170,6 +170,15 @@ def _train(args: argparse.Namespace) -> int:
     from gemkr_lab.sweep.grid import exit_with_launcher
 
     exit_with_launcher()  # launched by a sweep: end when it dies
+    if args.verb == "run-cell":  # a sweep worker's trainer (also inside a Slurm job) is never started by srun
+        import signal
+        import warnings
+
+        warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
+        # Slurm's requeue signal reaches every process of a job; it is the worker's to act on (it stops this
+        # trainer with SIGTERM, which checkpoints first), never a reason to die mid-step
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     config = load_experiment(args.experiment, args.overrides)
     means = run_cell(config, args.seed, args.root, list(args.overrides))
     if not means:  # a DDP rank > 0: rank 0 reports
@@ -190,16 +199,30 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from gemkr_lab.config.experiment import ConfigError
     from gemkr_lab.sweep.grid import load_sweep, run_sweep
     from gemkr_lab.sweep.search import is_search, load_search, run_search
 
+    slurm_given = {
+        "partition": args.partition,
+        "time": args.time,
+        "cpus_per_trial": args.cpus_per_trial,
+        "mem": args.mem,
+        "max_jobs": args.max_jobs,
+        "slurm_args": dict(_slurm_args(args.slurm_arg)) or None,
+    }
+    slurm_only = [f"--{k.replace('_', '-')}" for k, v in slurm_given.items() if v is not None] + (
+        ["--wait"] if args.wait else []
+    )
     common = {
-        "workers": args.workers,
+        "workers": args.workers or 1,
         "storage": args.storage,
         "new_study": args.new_study,
-        "gpus_per_trial": args.gpus_per_trial,
+        "gpus_per_trial": args.gpus_per_trial or 0,
     }
     if Path(args.sweep).is_file() and is_search(args.sweep):
+        if args.launcher == "slurm" or slurm_only:
+            raise ConfigError("--launcher slurm runs grid sweeps; a search runs with --launcher local")
         import yaml
 
         search = load_search(yaml.safe_load(Path(args.sweep).read_text(encoding="utf-8")), Path(args.sweep))
@@ -207,6 +230,10 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"search {search.name}: {result}")
         return 0
     sweep = load_sweep(args.sweep)
+    if (args.launcher or sweep.launcher) == "slurm":
+        return _sweep_slurm(args, sweep, slurm_given)
+    if slurm_only:
+        raise ConfigError(f"{', '.join(slurm_only)}: Slurm options; add --launcher slurm (or launcher: in the file)")
     result = run_sweep(sweep, retries=args.retries, retry_failed=args.retry_failed, **common)
     print(f"sweep {sweep.name}: {result['complete']}/{result['ran']} runs complete", end="")
     print(f", failed: {result['failed']}" if result["failed"] else "")
@@ -217,6 +244,45 @@ def _sweep(args: argparse.Namespace) -> int:
     if result["failed_for_good"]:
         print(f"-> {Path(sweep.root) / 'failed.json'}; run again with --retry-failed (or more --retries)")
     return 1 if result["failed"] or result["failed_for_good"] or result["grid_complete"] < result["grid_total"] else 0
+
+
+def _slurm_args(texts: list[str]) -> list[tuple[str, object]]:
+    from gemkr_lab.config.experiment import ConfigError
+    from gemkr_lab.sweep.slurm import parse_slurm_arg
+
+    try:
+        return [parse_slurm_arg(t) for t in texts]
+    except ValueError as exc:
+        raise ConfigError(f"--slurm-arg: {exc}") from None
+
+
+def _sweep_slurm(args: argparse.Namespace, sweep, given: dict) -> int:
+    from gemkr_lab.config.experiment import ConfigError
+    from gemkr_lab.sweep.slurm import describe, run_slurm, slurm_options
+
+    if args.workers not in (None, 1):
+        raise ConfigError("--workers is for --launcher local; with slurm, --max-jobs worker jobs run at once")
+    options = slurm_options(sweep, given | {"gpus_per_trial": args.gpus_per_trial})
+    result = run_slurm(
+        sweep,
+        options,
+        retries=args.retries,
+        storage=args.storage,
+        new_study=args.new_study,
+        retry_failed=args.retry_failed,
+        wait=args.wait,
+        command=" ".join(["gemkr-lab", *sys.argv[1:]]),
+    )
+    for line in describe(result, sweep):
+        print(line)
+    for cell, seeds in result["failed_for_good"].items():
+        listed = "; ".join(f"seed {s['seed']} after {s['attempts']} attempts: {s['error']}" for s in seeds)
+        print(f"failed for good (retries exhausted): {cell}: {listed}")
+    if result["failed_for_good"]:
+        print(f"-> {Path(sweep.root) / 'failed.json'}; run again with --retry-failed (or more --retries)")
+    if not args.wait:
+        return 1 if result["failed_for_good"] else 0
+    return 1 if result["failed_for_good"] or result["grid_complete"] < result["grid_total"] else 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -467,7 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = verbs.add_parser("sweep", help="run an ablation grid (idempotent, resumable)")
     sweep.add_argument("sweep", help="sweep file, e.g. sweeps/demo.yaml")
-    sweep.add_argument("--workers", type=positive_int, default=1, help="runs at a time, each in its own process")
+    sweep.add_argument(
+        "--workers", type=positive_int, default=None, help="runs at a time, each in its own process (default 1)"
+    )
     sweep.add_argument("--retries", type=non_negative_int, default=1, help="retries of a failed run")
     sweep.add_argument(
         "--storage",
@@ -478,7 +546,37 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--retry-failed", action="store_true", help="queue again the cells whose retries were exhausted (fresh count)"
     )
-    sweep.add_argument("--gpus-per-trial", type=non_negative_int, default=0, help="GPUs pinned to each worker")
+    sweep.add_argument(
+        "--gpus-per-trial",
+        type=non_negative_int,
+        default=None,
+        help="GPUs pinned to each worker (local), or per worker job (slurm); default 0",
+    )
+    slurm = sweep.add_argument_group(
+        "Slurm", "run the workers as Slurm jobs (also set in the sweep file's launcher: section; these win)"
+    )
+    slurm.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        help="local: workers are processes of this command (default); slurm: worker jobs through submitit",
+    )
+    slurm.add_argument("--partition", help="Slurm partition of the worker jobs")
+    slurm.add_argument("--time", help="time limit per worker job: minutes or [D-]HH:MM:SS (default 60 minutes)")
+    slurm.add_argument("--cpus-per-trial", type=positive_int, help="CPUs per worker job")
+    slurm.add_argument("--mem", help="memory per worker job, e.g. 32G")
+    slurm.add_argument("--max-jobs", type=positive_int, help="worker jobs pending or running at once (default 1)")
+    slurm.add_argument(
+        "--slurm-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other sbatch option, e.g. account=lab (repeat; a bare KEY is a flag)",
+    )
+    slurm.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the worker jobs until the grid is complete (default: submit, return)",
+    )
     sweep.set_defaults(func=_sweep)
 
     report = verbs.add_parser("report", help="ablation table (md, tex, html, csv) and plot of a sweep")

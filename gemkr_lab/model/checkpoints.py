@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
 
 from gemkr_lab.io import write_bytes
 
@@ -46,6 +47,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Remove a checkpoint Lightning no longer wants (and its previous copy)."""
         for p in (Path(path), previous(Path(path))):
             p.unlink(missing_ok=True)
+
+
+class CheckpointOnStop(Callback):
+    """On SIGTERM (a stopped sweep worker, a cancelled, preempted or timed-out Slurm job) checkpoint, then stop.
+
+    Lightning turns a SIGTERM into a stop after the current batch (`SIGTERMException`); this callback first
+    writes `last.ckpt` at that batch's end when the batch completed an optimizer step, from the same hook, so
+    the state is the one a periodic checkpoint would hold and the resume is exact. A SIGTERM in the middle of
+    gradient accumulation keeps the last checkpoint (the accumulated gradients are not in any checkpoint).
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.path = Path(directory) / LAST
+        self._step_at_batch_start = -1
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """Remember the step, to tell whether this batch ends with an optimizer step."""
+        self._step_at_batch_start = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Checkpoint when a SIGTERM has arrived and this batch stepped the optimizer."""
+        if trainer.received_sigterm and trainer.global_step > self._step_at_batch_start:
+            trainer.save_checkpoint(self.path)
 
 
 def resume_point(directory: str | Path) -> Path | None:

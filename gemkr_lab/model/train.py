@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from gemkr_lab.config.data import DataConfig
 from gemkr_lab.config.model import ModelConfig
 from gemkr_lab.config.train import TrainConfig
-from gemkr_lab.model.checkpoints import LAST, AtomicCheckpointIO, resume_point
+from gemkr_lab.model.checkpoints import LAST, AtomicCheckpointIO, CheckpointOnStop, resume_point
 from gemkr_lab.model.datamodule import GeMKRDataModule
 from gemkr_lab.model.module import GeMKRModule
 
@@ -34,7 +34,8 @@ def fit(
     """Train for `train_config.max_steps` optimizer steps; checkpoints go to `out/checkpoints`.
 
     A checkpoint is written (atomically, see `gemkr_lab.model.checkpoints`) every
-    `train_config.checkpoint_every_n_steps` optimizer steps and at the end. With `resume`, the newest loadable
+    `train_config.checkpoint_every_n_steps` optimizer steps, at the end, and before stopping on SIGTERM
+    (`CheckpointOnStop`). With `resume`, the newest loadable
     one is continued exactly: weights, optimizer, schedule, RNG states and the data position within the epoch.
     `module.resumed_from_step` says which step it continued from (None: a fresh start).
     """
@@ -73,7 +74,7 @@ def fit(
         deterministic=train_config.deterministic,
         default_root_dir=str(out),
         logger=logger,
-        callbacks=[checkpoint, *(callbacks or [])],
+        callbacks=[checkpoint, CheckpointOnStop(ckpt_dir), *(callbacks or [])],
         enable_progress_bar=sys.stderr.isatty(),  # quiet in logs and CI
         enable_model_summary=False,
         num_sanity_val_steps=0,

@@ -34,6 +34,7 @@ from gemkr_lab.report.stats import (
 )
 from gemkr_lab.run.cell import read_manifest
 from gemkr_lab.sweep.grid import GridSweep, current_run, failed_for_good
+from gemkr_lab.sweep.slurm import slurm_note
 
 METRICS = ("P@5", "R@5", "R@10", "MRR@10")
 TOLERANCE = {"ok": 1.0, "ok-ish": 3.0}  # points: |ours - paper| within these -> OK / OK-ish, else FAIL
@@ -264,6 +265,7 @@ def notes(sweep: GridSweep, significance_metric: str = "R@5", metrics: tuple[str
         "Δ (ours − published), not graded.",
         *_sources(sweep)[1],
         *_given_up(sweep),
+        *slurm_note(sweep),
     ]
 
 

@@ -8,6 +8,15 @@ A sweep file (`sweeps/*.yaml`):
     seeds: [0, 1]
     overrides: [train.max_steps=300] # applied to every cell
     reference: tiny-cpu/full         # the row deltas and significance are computed against
+    launcher:                        # optional: run the workers as Slurm jobs (gemkr_lab.sweep.slurm)
+      name: slurm                    # local (the default) | slurm; --launcher overrides
+      partition: gpu
+      time: "4:00:00"                # per worker job; minutes or [D-]HH:MM:SS
+      gpus_per_trial: 1
+      cpus_per_trial: 8
+      mem: 64G
+      max_jobs: 8                    # worker jobs at once
+      slurm_args: {account: lab}     # any other sbatch options
 
 Coordination goes through an Optuna storage (`gemkr_lab.sweep.study`): each (cell, seed) is one queued trial,
 claimed atomically, so two sweep commands (or machines) at once never run a cell twice. Running the same
@@ -55,13 +64,18 @@ class GridSweep:
     reference: str | None = None
     paper: dict = field(default_factory=dict)
     """Published numbers per cell and metric, with the tolerance of the reproduction status."""
+    launcher: str = "local"
+    """How workers are started: local (processes of the sweep command) or slurm (worker jobs)."""
+    slurm: dict = field(default_factory=dict)
+    """The `launcher:` section's Slurm settings, checked (`gemkr_lab.sweep.slurm.SlurmOptions` fields)."""
 
 
 def load_sweep(path: str | Path) -> GridSweep:
     """Read and validate a sweep file (every cell composes before anything runs).
 
     Refused, naming the line: unknown keys, duplicate cells or seeds, seeds that are not integers >= 0,
-    unknown presets, and a reference that is not one of the cells.
+    unknown presets, a reference that is not one of the cells, and a bad `launcher:` section
+    (`gemkr_lab.sweep.slurm.launcher_section`).
     """
     path = Path(path)
     if not path.is_file():
@@ -75,7 +89,7 @@ def load_sweep(path: str | Path) -> GridSweep:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a sweep file is a mapping (name, cells, seeds, ...)")
     lines = _item_lines(node)
-    allowed = {"name", "root", "cells", "seeds", "overrides", "reference", "paper"}
+    allowed = {"name", "root", "cells", "seeds", "overrides", "reference", "paper", "launcher"}
     unknown = set(raw) - allowed
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; a grid sweep has {sorted(allowed)}")
@@ -97,6 +111,11 @@ def load_sweep(path: str | Path) -> GridSweep:
                     "each would count as a separate run"
                 )
             seen[item] = lines[key][i]
+    launcher, slurm = "local", {}
+    if "launcher" in raw:
+        from gemkr_lab.sweep.slurm import launcher_section
+
+        launcher, slurm = launcher_section(raw["launcher"], path, node)
     sweep = GridSweep(
         name=str(raw["name"]),
         root=str(raw.get("root", f"runs/{raw['name']}")),
@@ -105,6 +124,8 @@ def load_sweep(path: str | Path) -> GridSweep:
         overrides=tuple(str(o) for o in raw.get("overrides") or ()),
         reference=raw.get("reference"),
         paper=raw.get("paper") or {},
+        launcher=launcher,
+        slurm=slurm,
     )
     for i, cell in enumerate(sweep.cells):
         try:
@@ -168,35 +189,10 @@ FAILED = "failed.json"
 """Under the sweep root: the (cell, seed) pairs whose retries are exhausted, per cell (written by `run_sweep`)."""
 
 
-def run_sweep(
-    sweep: GridSweep,
-    workers: int = 1,
-    retries: int = 1,
-    storage: str | None = None,
-    new_study: bool = False,
-    gpus_per_trial: int = 0,
-    progress: bool | None = None,
-    retry_failed: bool = False,
-) -> dict:
-    """Run every queued (cell, seed) of the sweep's study, each in a fresh process, `workers` at a time.
+def open_grid(sweep: GridSweep, storage: str | None, new_study: bool, retries: int, retry_failed: bool = False):
+    """The sweep's storage, plan, study and queue, its data variants prepared and its queue reconciled.
 
-    Returns when no trial is queued or running (also not in other commands: dead workers' trials are re-queued
-    once stale, and run), so that a (cell, seed) is either complete or failed for good.
-
-    Args:
-        sweep: the grid.
-        workers: concurrent runs; with `gpus_per_trial`, each worker owns its own group of GPUs.
-        retries: how often a failed run (exception, out of memory, killed worker) is queued again.
-        storage: an Optuna RDB URL (PostgreSQL for several machines); default: a journal file under the root.
-        new_study: start over when the sweep file changed since its study was made.
-        gpus_per_trial: GPUs per run, pinned through CUDA_VISIBLE_DEVICES.
-        progress: progress bar (default: only on a terminal).
-        retry_failed: queue again the (cell, seed) pairs whose retries were exhausted, with a fresh count.
-
-    Returns:
-        ran / complete: trials this command ran and completed; failed: (cell, seed, status) of its runs that
-        failed and are still not complete; failed_for_good: cell -> [{seed, attempts, error}] of pairs whose
-        retries are exhausted (also written to `<root>/failed.json`); grid_complete / grid_total: pairs.
+    Returns (store, plan, study, queue); plan: (cell, seed) -> (overrides, run directory).
     """
     root = Path(sweep.root)
     store = study_mod.open_storage(storage, root)  # an unreachable storage stops us before any work
@@ -209,29 +205,94 @@ def run_sweep(
         study = study_mod.grid_study(sweep.name, store, sweep.cells, sweep.seeds, sweep.overrides, new_study)
     queue = _Queue(sweep, study, store, plan, retries)
     queue.reconcile(retry_failed=retry_failed)
+    return store, plan, study, queue
+
+
+STOPPED = "released: its worker was stopped (Slurm job cancelled, preempted or at its time limit)"
+"""The error of a trial given back to the queue by a stopped worker (`stop`), without counting an attempt."""
+
+
+class _Either:
+    """Set when either event is set (the run's lost claim, or its worker's stop)."""
+
+    def __init__(self, *events) -> None:
+        self.events = [e for e in events if e is not None]
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+
+def run_sweep(
+    sweep: GridSweep,
+    workers: int = 1,
+    retries: int = 1,
+    storage: str | None = None,
+    new_study: bool = False,
+    gpus_per_trial: int = 0,
+    progress: bool | None = None,
+    retry_failed: bool = False,
+    stop: threading.Event | None = None,
+    linger: bool = True,
+    claim_attrs: dict | None = None,
+) -> dict:
+    """Run every queued (cell, seed) of the sweep's study, each in a fresh process, `workers` at a time.
+
+    Returns when no trial is queued or running (also not in other commands: dead workers' trials are re-queued
+    once stale, and run), so that a (cell, seed) is either complete or failed for good. This is also the loop
+    of a Slurm worker job (`gemkr_lab.sweep.slurm`), with `stop`, `linger=False` and its job in `claim_attrs`.
+
+    Args:
+        sweep: the grid.
+        workers: concurrent runs; with `gpus_per_trial`, each worker owns its own group of GPUs.
+        retries: how often a failed run (exception, out of memory, killed worker) is queued again.
+        storage: an Optuna RDB URL (PostgreSQL for several machines); default: a journal file under the root.
+        new_study: start over when the sweep file changed since its study was made.
+        gpus_per_trial: GPUs per run, pinned through CUDA_VISIBLE_DEVICES.
+        progress: progress bar (default: only on a terminal).
+        retry_failed: queue again the (cell, seed) pairs whose retries were exhausted, with a fresh count.
+        stop: when set, no more trials are claimed and the running ones are stopped (their trainer checkpoints
+            at its next step and ends) and given back to the queue without counting an attempt.
+        linger: wait for other workers' running trials (to run them if their worker dies); False: leave as soon
+            as no trial is queued (a Slurm job does not hold its allocation idle; the sweep command re-queues a
+            lost job's trial and submits workers for it).
+        claim_attrs: written into each trial this command claims (e.g. its Slurm job).
+
+    Returns:
+        ran / complete: trials this command ran and completed; failed: (cell, seed, status) of its runs that
+        failed and are still not complete; failed_for_good: cell -> [{seed, attempts, error}] of pairs whose
+        retries are exhausted (also written to `<root>/failed.json`); grid_complete / grid_total: pairs.
+    """
+    root = Path(sweep.root)
+    store, plan, study, queue = open_grid(sweep, storage, new_study, retries, retry_failed)
     groups = _gpu_groups(workers, gpus_per_trial)
     todo = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
     bar = tqdm(total=todo, desc=f"sweep {sweep.name}", disable=None if progress is None else not progress)
     outcome: list[tuple[str, int, str]] = []
 
     def worker(slot: int) -> None:
-        while True:
-            trial = study_mod.claim(study, store)
+        while stop is None or not stop.is_set():
+            trial = study_mod.claim(study, store, claim_attrs)
             if trial is None:
                 if queue.reconcile():  # dead workers' trials re-queued, forgotten pairs queued
                     continue
-                if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+                busy = (TrialState.RUNNING, TrialState.WAITING) if linger else (TrialState.WAITING,)
+                if not study.get_trials(deepcopy=False, states=busy):
                     return
                 time.sleep(POLL_SECONDS)  # runs of other workers: wait for them (or for them to go stale)
                 continue
             cell, seed = trial.user_attrs["cell"], int(trial.user_attrs["seed"])
             overrides, out = plan[cell, seed]
-            stop = threading.Event()
-            with study_mod.Heartbeat(store, trial._trial_id, on_lost=stop.set) as beat:
-                status, value = _run_process(cell, seed, overrides, sweep.root, out, groups[slot], stop)
+            lost = threading.Event()
+            with study_mod.Heartbeat(store, trial._trial_id, on_lost=lost.set) as beat:
+                status, value = _run_process(cell, seed, overrides, sweep.root, out, groups[slot], _Either(lost, stop))
             if beat.lost.is_set():  # judged dead and re-queued by another command: its run was stopped
                 outcome.append((cell, seed, "stopped: another worker took over its trial"))
                 continue
+            if stop is not None and stop.is_set() and status != "complete":  # stopped from outside: give it back
+                with study_mod.queue_lock(root):
+                    study_mod.release(study, store, trial, STOPPED)
+                outcome.append((cell, seed, "released: its worker was stopped"))
+                return
             with study_mod.queue_lock(root):  # a failure and its retry are one step for every other command
                 study_mod.finish(study, store, trial, status == "complete", value, status, retries)
             outcome.append((cell, seed, status))
@@ -355,7 +416,7 @@ def launch(
     out: Path,
     gpus: str | None,
     env: dict | None = None,
-    stop: threading.Event | None = None,
+    stop: threading.Event | _Either | None = None,
 ) -> int:
     """Run one cell in a fresh `gemkr-lab run-cell` process logging to `out/log.txt`; returns its exit code.
 
@@ -437,7 +498,13 @@ def exit_with_launcher() -> None:
 
 
 def _run_process(
-    cell: str, seed: int, overrides: list[str], root: str, out: Path, gpus: str | None, stop: threading.Event
+    cell: str,
+    seed: int,
+    overrides: list[str],
+    root: str,
+    out: Path,
+    gpus: str | None,
+    stop: threading.Event | _Either,
 ) -> tuple[str, float | None]:
     """One grid run; returns its status and objective (R@5).
 

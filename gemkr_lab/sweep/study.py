@@ -416,17 +416,19 @@ def _retry(study: optuna.Study, attrs: dict, retries: int) -> None:
         retrying(study.enqueue_trial, {}, user_attrs=carried | {"attempt": attrs.get("attempt", 1) + 1})
 
 
-def claim(study: optuna.Study, storage):
+def claim(study: optuna.Study, storage, attrs: dict | None = None):
     """Atomically take one WAITING trial (WAITING -> RUNNING); None when none is left.
 
     The claim is complete when its heartbeat, host and pid are written; until then `requeue_stale` takes the
-    trial's start time (set by the storage with the state) as its heartbeat.
+    trial's start time (set by the storage with the state) as its heartbeat. `attrs` are written with them
+    (e.g. the Slurm job of the worker).
     """
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:
             if not retrying(storage.set_trial_state_values, t._trial_id, TrialState.RUNNING):
                 continue
             for key, value in {
+                **(attrs or {}),
                 "heartbeat": time.time(),
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
@@ -540,4 +542,22 @@ def finish(study: optuna.Study, storage, trial, ok: bool, value: float | None, e
     except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
         return False
     _retry(study, trial.user_attrs, retries)
+    return True
+
+
+def release(study: optuna.Study, storage, trial, reason: str) -> bool:
+    """Give a claimed trial back to the queue without counting an attempt: its worker was stopped from outside.
+
+    For a worker told to stop (a Slurm job cancelled, preempted or at its time limit) whose run has ended: the
+    trial is failed with `reason` and queued again with the same attempt number, so that a stop never uses up
+    a retry. Returns False, changing nothing, when the trial was already finished by someone else.
+    """
+    try:
+        retrying(storage.set_trial_user_attr, trial._trial_id, "error", reason)
+        retrying(storage.set_trial_state_values, trial._trial_id, TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+        return False
+    attrs = trial.user_attrs
+    carried = {k: attrs[k] for k in ("cell", "seed", "run") if k in attrs}
+    retrying(study.enqueue_trial, {}, user_attrs=carried | {"attempt": attrs.get("attempt", 1)})
     return True

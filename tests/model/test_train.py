@@ -1,8 +1,12 @@
 """Training on the synthetic world: a tiny model overfits a small batch; a killed run resumes exactly."""
 
+import os
+import signal
+
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gemkr_lab.config import DataConfig, ModelConfig, TrainConfig
 from gemkr_lab.data.prepare import Preparer
@@ -79,6 +83,34 @@ def test_a_killed_run_resumes_mid_epoch_to_the_same_weights(world, tmp_path, kil
     ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 9
     assert set(ckpt["state_dict"]) == {f"model.{k}" for k in resumed.model.checkpoint_state_dict()}
+
+
+class _Sigterm(L.Callback):
+    """Sends this process SIGTERM at the start of a given step, as scancel, a preemption or a stopped sweep does."""
+
+    def __init__(self, at_step: int) -> None:
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_sigterm_checkpoints_the_step_it_stops_at_and_the_resume_is_exact(world, tmp_path):
+    """No periodic checkpoint before the stop: the one it resumes from was written because of the SIGTERM."""
+    config = ModelConfig(vision_model="tiny-vit")
+    train = dict(lr=1e-3, deterministic=True, checkpoint_every_n_steps=100, batch_size=3)
+    whole = _fit(world, tmp_path / "whole", 9, config, **train)
+    with pytest.raises(SIGTERMException):
+        _fit(world, tmp_path / "cut", 9, config, callbacks=[_Sigterm(at_step=5)], **train)
+    ckpt = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 6  # the step of the batch it was stopped in
+    resumed = _fit(world, tmp_path / "cut", 9, config, **train)
+    assert resumed.resumed_from_step == 6
+    a, b = whole.model.trainable_state_dict(), resumed.model.trainable_state_dict()
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_an_unloadable_checkpoint_is_set_aside_and_the_previous_one_used(world, tmp_path):

@@ -1,0 +1,659 @@
+"""Grid sweeps on a Slurm cluster: worker jobs, submitted through submitit, pull trials from the sweep's storage.
+
+`gemkr-lab sweep SWEEP.yaml --launcher slurm` (or `launcher: {name: slurm, ...}` in the sweep file) prepares the
+data variants, creates or loads the sweep's study (`gemkr_lab.sweep.study`) and submits a job array of at most
+`max_jobs` workers. Each worker job runs the local worker loop (`grid.run_sweep`, one worker): it claims a trial,
+trains, decodes and scores it in a fresh `gemkr-lab run-cell` process, and so on until no trial is queued. The
+storage must be reachable from the nodes: the journal file under the sweep root on a shared filesystem, or
+PostgreSQL (its URL travels in the job's environment, never written to disk).
+
+Exactly once, as for local workers: a claim is atomic, the trainer holds its run's lock, a job that is lost
+(cancelled, preempted, timed out, its node failed) leaves a trial whose worker is gone; the next queue upkeep of
+any worker or sweep command re-queues it (at once on the same host, once its heartbeat is stale elsewhere) and
+the next attempt resumes from the run's last checkpoint.
+
+Stops from outside: on SIGTERM (scancel, preemption, the time limit) the trainer checkpoints at its next optimizer
+step and ends (`gemkr_lab.model.checkpoints.CheckpointOnStop`), and the worker gives its trial back to the queue
+without counting an attempt and leaves. On submitit's requeue signal (USR2, `SIGNAL_DELAY_SECONDS` before the time
+limit, or on preemption where Slurm sends it) the worker does the same and submitit requeues the job (same job id),
+which comes back and pulls trials again. Why submitit's checkpointing hook rather than Lightning's SLURM
+environment plugin: the signalled process is the worker, which owns the claim; Lightning's plugin lives in the
+trainer (a child process of the worker, one of several trials a job runs), would requeue the whole job from
+inside one trial without giving the claim back, writes its own `hpc_ckpt_*.ckpt` beside the run's atomic
+checkpoints, and makes Lightning take the trainer for an srun task (ranks from SLURM_NTASKS) instead of
+launching its own DDP ranks as a local run does. So trainers inside a job run as local processes
+(SLURM_NTASKS is removed from their environment) and Lightning's SLURM plugin never engages.
+
+Sweep commands: without `--wait` a command submits workers only for what is left (queued or running pairs minus
+worker jobs pending or running; never more than `max_jobs` at once, also with several commands at once) and
+returns; run again, it reports the state and submits the missing workers. With `--wait` it shows progress, and
+every few seconds re-queues lost jobs' trials and submits workers for them, until the grid is complete. Job ids,
+states, the trials each ran and their logs are kept in `<root>/slurm/jobs.json` (logs under `<root>/slurm/<job>/`),
+named in the sweep's report.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import submitit
+import yaml
+from optuna.trial import TrialState
+from submitit.helpers import Checkpointable, DelayedSubmission
+
+from gemkr_lab.config.experiment import ConfigError
+from gemkr_lab.io import lock, write_json
+from gemkr_lab.sweep.grid import POLL_SECONDS, GridSweep, open_grid, pending, run_sweep, write_failed
+
+LAUNCHERS = ("local", "slurm")
+JOBS_DIR = "slurm"
+"""Under the sweep root: submitit's folder (one sub-folder of logs and pickles per job) and `jobs.json`."""
+JOBS_FILE = "jobs.json"
+STORAGE_ENV = "GEMKR_SWEEP_STORAGE"
+"""The storage URL, handed to the worker jobs through their environment (a password never lands on disk)."""
+SIGNAL_DELAY_SECONDS = 120
+"""submitit's requeue signal (USR2) comes this long before the time limit: time to checkpoint and give back."""
+STOP_WAIT_SECONDS = 90.0
+"""How long the requeue hook waits for the running trial to checkpoint and be given back."""
+MAX_REQUEUES = 100
+"""How often a worker job may requeue itself at its time limit (each time it gives its trial back first)."""
+WORKER_FAILURES = 3
+"""`--wait` gives up after this many worker jobs of its own ended FAILED (not a trial's failure: the worker's)."""
+DEFAULT_TIME_MINUTES = 60
+ACTIVE_STATES = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_FED",
+    "REQUEUE_HOLD",
+    "RESIZING",
+    "SUSPENDED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+    "PREEMPTED",
+    "RESV_DEL_HOLD",
+}
+RESERVED_SBATCH = {
+    "array": "the job array is sized by --max-jobs",
+    "output": "logs go under <root>/slurm/",
+    "error": "logs go under <root>/slurm/",
+    "open-mode": "logs go under <root>/slurm/",
+    "signal": "the requeue signal is submitit's (USR2)",
+    "wrap": "the job runs a sweep worker",
+    "partition": "use --partition",
+    "time": "use --time",
+    "mem": "use --mem",
+    "cpus-per-task": "use --cpus-per-trial",
+    "gpus-per-node": "use --gpus-per-trial",
+}
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """What each worker job asks Slurm for (one worker runs one trial at a time)."""
+
+    partition: str | None = None
+    """Slurm partition (default: the cluster's default partition)."""
+    time: int = DEFAULT_TIME_MINUTES
+    """Time limit of a worker job, in minutes; at the limit it checkpoints, gives its trial back and requeues."""
+    gpus_per_trial: int = 0
+    """GPUs per worker job (`--gpus-per-node`): Slurm sets CUDA_VISIBLE_DEVICES, the trainer inherits it."""
+    cpus_per_trial: int | None = None
+    """CPUs per worker job (`--cpus-per-task`; default: the cluster's)."""
+    mem: str | None = None
+    """Memory per worker job, as sbatch takes it (e.g. 32G; default: the cluster's)."""
+    max_jobs: int = 1
+    """Most worker jobs pending or running at once for this sweep (the job array's size)."""
+    slurm_args: tuple[tuple[str, Any], ...] = ()
+    """Any other sbatch options, (key, value) (value True: a flag), e.g. (("account", "lab"), ("qos", "high"))."""
+
+
+# --- settings: the sweep file's `launcher:` section and the command line -------------------------------------
+
+
+def parse_time(value: Any) -> int:
+    """A Slurm time limit in whole minutes (rounded up): minutes, or MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+
+    Raises:
+        ValueError: anything else, or not a positive time.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a time limit")
+    if isinstance(value, int):
+        minutes = value
+    else:
+        text = str(value).strip()
+        match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
+        if match is None:
+            raise ValueError(f"{value!r} is not a Slurm time limit (minutes, HH:MM:SS or D-HH:MM:SS)")
+        days, a, b, c = (int(x) if x is not None else None for x in match.groups())
+        if days is None:  # minutes | minutes:seconds | hours:minutes:seconds
+            seconds = a * 60 if b is None else (a * 60 + b if c is None else a * 3600 + b * 60 + c)
+        else:  # days-hours | days-hours:minutes | days-hours:minutes:seconds
+            seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+        minutes = -(-seconds // 60)
+    if minutes < 1:
+        raise ValueError(f"{value!r} is not a positive time limit")
+    return minutes
+
+
+def parse_mem(value: Any) -> str:
+    """Memory as sbatch takes it: a whole number with an optional unit K, M, G or T (default M)."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not re.fullmatch(r"\d+[KMGT]?B?", text, flags=re.IGNORECASE):
+        raise ValueError(f"{value!r} is not an amount of memory (e.g. 32G, 4000M)")
+    return text.upper()
+
+
+def parse_slurm_arg(text: str) -> tuple[str, Any]:
+    """`key=value` (or a bare `key`, a flag) of the command line's --slurm-arg: one more sbatch option."""
+    key, sep, value = text.partition("=")
+    return _slurm_arg(key.strip(), value.strip() if sep else True)
+
+
+def _slurm_arg(key: str, value: Any) -> tuple[str, Any]:
+    key = key.strip().lstrip("-").replace("_", "-")
+    if not re.fullmatch(r"[a-z][a-z0-9-]*", key):
+        raise ValueError(f"{key!r} is not an sbatch option name (e.g. account, qos, constraint)")
+    if key in RESERVED_SBATCH:
+        raise ValueError(f"sbatch option {key!r} is set by the launcher ({RESERVED_SBATCH[key]})")
+    if isinstance(value, bool):
+        if not value:
+            raise ValueError(f"sbatch option {key!r}: false means leaving it out")
+        return key, True
+    if not isinstance(value, str | int | float) or str(value) == "":
+        raise ValueError(f"sbatch option {key!r}: {value!r} is not a value (give text or a number)")
+    return key, str(value)
+
+
+def _whole(value: Any, lowest: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        raise ValueError(f"{value!r} is not a whole number >= {lowest}")
+    return value
+
+
+_CHECKS = {
+    "partition": lambda v: v if isinstance(v, str) and v.strip() else _fail(f"{v!r} is not a partition name"),
+    "time": parse_time,
+    "gpus_per_trial": lambda v: _whole(v, 0),
+    "cpus_per_trial": lambda v: _whole(v, 1),
+    "mem": parse_mem,
+    "max_jobs": lambda v: _whole(v, 1),
+}
+
+
+def _fail(message: str):
+    raise ValueError(message)
+
+
+def launcher_section(raw: Any, path: Path, node) -> tuple[str, dict]:
+    """Validate a sweep file's `launcher:` section; returns (launcher name, SlurmOptions keyword arguments).
+
+    Refused naming the line: a section that is not a mapping, unknown keys, a name other than local or slurm,
+    values of the wrong type or range, and Slurm settings under the local launcher.
+    """
+    lines = _section_lines(node, "launcher")
+    where = lambda key: f"{path}:{lines.get(key, lines.get('', 0))}: launcher"  # noqa: E731
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where('')}: a mapping (name: slurm, partition, time, ...)")
+    allowed = {"name", "slurm_args", *_CHECKS}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"{where(unknown[0])}: unknown keys {unknown}; a launcher section has {sorted(allowed)}")
+    name = raw.get("name", "local")
+    if name not in LAUNCHERS:
+        raise ConfigError(f"{where('name')}.name: {name!r} is not a launcher; give one of {list(LAUNCHERS)}")
+    settings: dict = {}
+    for key, check in _CHECKS.items():
+        if key in raw:
+            try:
+                settings[key] = check(raw[key])
+            except ValueError as exc:
+                raise ConfigError(f"{where(key)}.{key}: {exc}") from None
+    if "slurm_args" in raw:
+        args = raw["slurm_args"]
+        if not isinstance(args, dict):
+            raise ConfigError(f"{where('slurm_args')}.slurm_args: a mapping of sbatch options (account: lab, ...)")
+        try:
+            settings["slurm_args"] = tuple(_slurm_arg(str(k), v) for k, v in args.items())
+        except ValueError as exc:
+            raise ConfigError(f"{where('slurm_args')}.slurm_args: {exc}") from None
+    if name == "local" and settings:
+        raise ConfigError(f"{where(next(iter(settings)))}: {sorted(settings)} are Slurm settings; add name: slurm")
+    return name, settings
+
+
+def _section_lines(node, section: str) -> dict[str, int]:
+    """1-based lines of a top-level section's keys ('' -> the section's own line)."""
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    for key, value in node.value:
+        if key.value == section:
+            out = {"": key.start_mark.line + 1}
+            if isinstance(value, yaml.MappingNode):
+                out |= {k.value: k.start_mark.line + 1 for k, _ in value.value}
+            return out
+    return {}
+
+
+def slurm_options(sweep: GridSweep, given: dict) -> SlurmOptions:
+    """The sweep file's Slurm settings with those given on the command line over them.
+
+    Raises:
+        ConfigError: a value of the wrong type or range (the option named).
+    """
+    settings = dict(sweep.slurm)
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key == "slurm_args":
+            merged = dict(settings.get("slurm_args", ()))
+            merged.update(value)
+            settings[key] = tuple(merged.items())
+            continue
+        try:
+            settings[key] = _CHECKS[key](value) if key in _CHECKS else value
+        except ValueError as exc:
+            raise ConfigError(f"--{key.replace('_', '-')}: {exc}") from None
+    names = {f.name for f in fields(SlurmOptions)}
+    return SlurmOptions(**{k: v for k, v in settings.items() if k in names})
+
+
+# --- the worker job -------------------------------------------------------------------------------------------
+
+
+class SlurmWorker(Checkpointable):
+    """One worker job: the local worker loop (`run_sweep`, one worker) until no trial is queued.
+
+    Pickled by submitit at submission; what it holds is plain data (the sweep, retries, the submitter's working
+    directory). The storage URL comes from the job's environment (`STORAGE_ENV`).
+    """
+
+    def __init__(self, sweep: GridSweep, retries: int, cwd: str) -> None:
+        self.sweep, self.retries, self.cwd = sweep, retries, cwd
+
+    def __call__(self, index: int = 0) -> dict:
+        """Run trials until none is queued; returns `run_sweep`'s summary."""
+        os.chdir(self.cwd)  # the sweep root and data paths are as the sweep command saw them
+        for name in ("SLURM_NTASKS", "SLURM_NPROCS"):  # trainers are local processes, not srun tasks (see above)
+            os.environ.pop(name, None)
+        job = submitit.JobEnvironment().job_id
+        self._stop = threading.Event()
+        signal.signal(signal.SIGTERM, self._on_sigterm)  # submitit ignores SIGTERM; a stop gives the trial back
+        result: dict = {}
+        errors: list[BaseException] = []
+
+        def body() -> None:
+            try:
+                result.update(
+                    run_sweep(
+                        self.sweep,
+                        workers=1,
+                        retries=self.retries,
+                        storage=os.environ.get(STORAGE_ENV) or None,
+                        progress=False,
+                        stop=self._stop,
+                        linger=False,
+                        claim_attrs={"slurm_job": job, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", "")},
+                    )
+                )
+            except BaseException as exc:  # raised again in the main thread, so that the job fails
+                errors.append(exc)
+
+        self._runner = threading.Thread(target=body, name="sweep-worker")
+        self._runner.start()
+        while self._runner.is_alive():
+            self._runner.join(0.5)  # short waits: the main thread takes signals between them
+        if errors:
+            raise errors[0]
+        print(f"worker {job}: {result}", flush=True)
+        return result
+
+    def _on_sigterm(self, signum, frame) -> None:
+        print("SIGTERM: the running trial checkpoints and goes back to the queue; leaving", flush=True)
+        self._stop.set()
+
+    def checkpoint(self, *args, **kwargs):
+        """The requeue hook of submitit: stop the running trial (checkpointed, given back), then requeue this job."""
+        stop, runner = getattr(self, "_stop", None), getattr(self, "_runner", None)
+        if stop is not None and runner is not None:
+            print("requeue signal: the running trial checkpoints and goes back to the queue", flush=True)
+            stop.set()
+            runner.join(STOP_WAIT_SECONDS)
+        return DelayedSubmission(SlurmWorker(self.sweep, self.retries, self.cwd), *args, **kwargs)
+
+
+# --- the ledger of worker jobs --------------------------------------------------------------------------------
+
+
+def jobs_dir(root: str | Path) -> Path:
+    """The sweep's submitit folder: `<root>/slurm`."""
+    return Path(root) / JOBS_DIR
+
+
+def read_jobs(root: str | Path) -> dict:
+    """`<root>/slurm/jobs.json` ({} when the sweep never ran on Slurm)."""
+    try:
+        return json.loads((jobs_dir(root) / JOBS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def job_name(sweep: GridSweep) -> str:
+    """The Slurm job name of the sweep's workers: its name and a hash of its root (unique per sweep)."""
+    digest = hashlib.sha256(str(Path(sweep.root).resolve()).encode()).hexdigest()[:8]
+    return f"gemkr-{re.sub(r'[^A-Za-z0-9_.-]', '_', sweep.name)[:40]}-{digest}"
+
+
+def _active(name: str) -> dict[str, str]:
+    """Job id -> state of the sweep's worker jobs that Slurm still holds (pending, running, requeued, ...)."""
+    try:
+        out = subprocess.run(
+            ["squeue", "--noheader", "--array", "--name", name, "--format", "%i %T"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ConfigError(f"squeue failed ({_why(exc)}); is Slurm reachable from here?") from None
+    found = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1] in ACTIVE_STATES:
+            found[parts[0]] = parts[1]
+    return found
+
+
+def _why(exc: BaseException) -> str:
+    text = getattr(exc, "stderr", None) or str(exc)
+    return " ".join(str(text).split())[:300]
+
+
+def _final_states(folder: Path, ids: list[str]) -> dict[str, str]:
+    """Job id -> its state in Slurm's accounting (through submitit, which reads sacct); UNKNOWN when none."""
+    if not ids:
+        return {}
+    jobs = [submitit.SlurmJob(folder=folder / "%j", job_id=i) for i in ids]
+    jobs[0].get_info(mode="force")  # one sacct call for every registered job
+    return {j.job_id: (j.watcher.get_state(j.job_id, mode="cache").split() or ["UNKNOWN"])[0] for j in jobs}
+
+
+def _log_paths(folder: Path, job: str) -> dict[str, str]:
+    return {
+        "stdout": str(folder / job / f"{job}_0_log.out"),
+        "stderr": str(folder / job / f"{job}_0_log.err"),
+    }
+
+
+@contextlib.contextmanager
+def _ledger_lock(sweep: GridSweep):
+    """Serialises submissions and ledger writes of all sweep commands on this sweep."""
+    folder = jobs_dir(sweep.root)
+    folder.mkdir(parents=True, exist_ok=True)
+    with lock(folder / ".submit.lock", wait=None):
+        yield
+
+
+def update_jobs(sweep: GridSweep, study, new: list[str] = (), command: str = "") -> dict:
+    """Refresh `<root>/slurm/jobs.json`: every worker job of the sweep with its state, logs and trials run.
+
+    Call it under `_ledger_lock`: two commands writing at once would drop each other's new jobs.
+    """
+    folder = jobs_dir(sweep.root)
+    ledger = read_jobs(sweep.root) or {"format": 1, "sweep": sweep.name, "jobs": []}
+    known = {j["job"]: j for j in ledger["jobs"]}
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    for job in new:
+        known[job] = {"job": job, "submitted": now, "command": command, **_log_paths(folder, job)}
+    active = _active(job_name(sweep))
+    ended = [j for j, rec in known.items() if j not in active and rec.get("state") not in _TERMINAL]
+    final = _final_states(folder, ended)
+    trials: dict[str, list[dict]] = {}
+    for t in study.get_trials(deepcopy=False):
+        job = t.user_attrs.get("slurm_job")
+        if job:
+            trials.setdefault(str(job), []).append(
+                {
+                    "cell": t.user_attrs.get("cell"),
+                    "seed": t.user_attrs.get("seed"),
+                    "attempt": t.user_attrs.get("attempt", 1),
+                    "gpus": t.user_attrs.get("gpus", ""),
+                    "state": t.state.name,
+                    **({"error": t.user_attrs["error"]} if t.state == TrialState.FAIL else {}),
+                }
+            )
+    for job, rec in known.items():
+        if job in active:
+            rec["state"] = active[job]
+        elif job in final:
+            rec["state"] = final[job] if final[job] != "UNKNOWN" else "ENDED"
+        rec["trials"] = trials.get(job, [])
+    ledger.update(sweep=sweep.name, folder=str(folder), job_name=job_name(sweep), jobs=list(known.values()))
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / JOBS_FILE, ledger)
+    return ledger
+
+
+_TERMINAL = {
+    "COMPLETED",
+    "CANCELLED",
+    "FAILED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "ENDED",
+}
+
+
+# --- submitting and following --------------------------------------------------------------------------------
+
+
+def _check_slurm() -> None:
+    missing = [c for c in ("sbatch", "srun", "squeue", "sacct") if shutil.which(c) is None]
+    if missing:
+        raise ConfigError(
+            f"--launcher slurm needs Slurm's commands on PATH ({', '.join(missing)} not found): run the sweep "
+            "command on a login node of the cluster, or use --launcher local"
+        )
+
+
+@contextlib.contextmanager
+def _storage_in_environment(storage: str | None):
+    """The storage URL in this process's environment while sbatch runs (sbatch hands it to the job)."""
+    before = os.environ.get(STORAGE_ENV)
+    if storage:
+        os.environ[STORAGE_ENV] = storage
+    else:
+        os.environ.pop(STORAGE_ENV, None)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(STORAGE_ENV, None)
+        else:
+            os.environ[STORAGE_ENV] = before
+
+
+def _submit(sweep: GridSweep, options: SlurmOptions, retries: int, storage: str | None, n: int) -> list[str]:
+    """Submit `n` worker jobs (an array when n > 1); their job ids."""
+    folder = jobs_dir(sweep.root)
+    folder.mkdir(parents=True, exist_ok=True)
+    executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=MAX_REQUEUES)
+    params: dict[str, Any] = {
+        "job_name": job_name(sweep),
+        "time": options.time,
+        "signal_delay_s": SIGNAL_DELAY_SECONDS,
+        "array_parallelism": options.max_jobs,
+    }
+    if options.partition:
+        params["partition"] = options.partition
+    if options.cpus_per_trial:
+        params["cpus_per_task"] = options.cpus_per_trial
+    if options.gpus_per_trial:
+        params["gpus_per_node"] = options.gpus_per_trial
+    extra = dict(options.slurm_args)
+    if options.mem:
+        extra["mem"] = options.mem
+    if extra:
+        params["additional_parameters"] = extra
+    executor.update_parameters(**params)
+    worker = SlurmWorker(sweep, retries, os.getcwd())
+    try:
+        with _storage_in_environment(storage):
+            jobs = executor.map_array(worker, range(n)) if n > 1 else [executor.submit(worker, 0)]
+    except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError, OSError) as exc:
+        raise ConfigError(f"sbatch refused the worker jobs: {_why(exc)}") from None
+    return [j.job_id for j in jobs]
+
+
+def _left(study) -> tuple[int, int]:
+    """(queued, running) trials of the study."""
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return waiting, running
+
+
+def _top_up(sweep, options: SlurmOptions, study, retries: int, storage: str | None, command: str) -> tuple[list, dict]:
+    """Submit workers for what is left; returns (ids submitted, ledger). Serialised across sweep commands."""
+    with _ledger_lock(sweep):
+        active = _active(job_name(sweep))
+        waiting, running = _left(study)
+        n = min(options.max_jobs, waiting + running) - len(active)
+        new = _submit(sweep, options, retries, storage, n) if n > 0 and waiting > 0 else []
+        return new, update_jobs(sweep, study, new, command)
+
+
+def run_slurm(
+    sweep: GridSweep,
+    options: SlurmOptions,
+    retries: int = 1,
+    storage: str | None = None,
+    new_study: bool = False,
+    retry_failed: bool = False,
+    wait: bool = False,
+    progress: bool | None = None,
+    command: str = "",
+) -> dict:
+    """Submit worker jobs for what is left of the grid; with `wait`, follow until the grid is complete.
+
+    Returns:
+        submitted: job ids this command submitted; active: job id -> state of the sweep's jobs Slurm holds;
+        grid_complete / grid_total: (cell, seed) pairs; queued / running: trials; failed_for_good: as
+        `run_sweep`'s; jobs_file: the ledger of jobs and logs.
+    """
+    _check_slurm()
+    _, plan, study, queue = open_grid(sweep, storage, new_study, retries, retry_failed)
+    submitted, _ = _top_up(sweep, options, study, retries, storage, command)
+    if wait:
+        submitted += _follow(sweep, options, study, queue, retries, storage, progress, command)
+    queue.reconcile()
+    left = set(pending(sweep))
+    waiting, running = _left(study)
+    given_up = write_failed(sweep, queue.exhausted)
+    with _ledger_lock(sweep):
+        update_jobs(sweep, study)
+    return {
+        "submitted": submitted,
+        "active": _active(job_name(sweep)),
+        "grid_complete": len(plan) - len(left),
+        "grid_total": len(plan),
+        "queued": waiting,
+        "running": running,
+        "failed_for_good": given_up,
+        "jobs_file": str(jobs_dir(sweep.root) / JOBS_FILE),
+    }
+
+
+def _follow(sweep, options, study, queue, retries, storage, progress, command) -> list[str]:
+    """Until no trial is queued or running: re-queue lost jobs' trials, submit workers for them, show progress."""
+    from tqdm.auto import tqdm
+
+    total = len(sweep.cells) * len(sweep.seeds)
+    submitted: list[str] = []
+    bar = tqdm(total=total, desc=f"sweep {sweep.name} (slurm)", disable=None if progress is None else not progress)
+    with bar:
+        while True:
+            queue.reconcile()  # lost jobs' trials re-queued, forgotten pairs queued
+            new, ledger = _top_up(sweep, options, study, retries, storage, command)
+            submitted += new
+            if new:
+                bar.write(f"submitted {len(new)} worker job(s): {' '.join(new)}")
+            waiting, running = _left(study)
+            done = total - len(pending(sweep))
+            bar.update(done - bar.n)
+            jobs = ledger["jobs"]
+            active = sum(j.get("state") in ACTIVE_STATES for j in jobs)
+            bar.set_postfix_str(f"queued {waiting}, running {running}, worker jobs {active}")
+            crashed = [j for j in jobs if j.get("state") == "FAILED" and j["job"] in submitted]
+            if len(crashed) >= WORKER_FAILURES:
+                raise RuntimeError(
+                    f"{len(crashed)} worker jobs failed (not their trials: the workers); see {crashed[-1]['stderr']}"
+                )
+            if not waiting and not running:
+                return submitted
+            time.sleep(POLL_SECONDS)
+
+
+def slurm_note(sweep: GridSweep) -> list[str]:
+    """The report's note on the sweep's worker jobs: how many, their ids and states, and where their logs are."""
+    ledger = read_jobs(sweep.root)
+    jobs = ledger.get("jobs") or []
+    if not jobs:
+        return []
+    shown = ", ".join(f"{j['job']} ({j.get('state', '?')})" for j in jobs[:20])
+    more = f" and {len(jobs) - 20} more" if len(jobs) > 20 else ""
+    where = jobs_dir(sweep.root)
+    return [
+        f"Slurm: {len(jobs)} worker jobs ran this sweep: {shown}{more}; ids, states, the trials each ran and its "
+        f"logs: {where / JOBS_FILE} (logs under {where}/<job>/)."
+    ]
+
+
+def describe(result: dict, sweep: GridSweep) -> list[str]:
+    """The lines a sweep command prints for `run_slurm`'s result."""
+    jobs = result["active"]
+    if result["submitted"]:
+        head = f"submitted {len(result['submitted'])} worker job(s): {' '.join(result['submitted'])}"
+    elif result["grid_complete"] == result["grid_total"]:
+        head = "nothing to submit: the grid is complete"
+    else:
+        head = f"submitted nothing: {len(jobs)} worker job(s) active for what is left"
+    states = ", ".join(f"{j} {s.lower()}" for j, s in sorted(jobs.items()))
+    return [
+        f"sweep {sweep.name} (slurm): {head}",
+        f"grid: {result['grid_complete']}/{result['grid_total']} (cell, seed) pairs complete, "
+        f"{result['queued']} queued, {result['running']} running" + (f"; worker jobs: {states}" if states else ""),
+        f"jobs and logs: {result['jobs_file']}",
+    ]
+
+
+__all__ = [
+    "LAUNCHERS",
+    "SlurmOptions",
+    "SlurmWorker",
+    "describe",
+    "launcher_section",
+    "parse_mem",
+    "parse_slurm_arg",
+    "parse_time",
+    "read_jobs",
+    "run_slurm",
+    "slurm_note",
+    "slurm_options",
+]
