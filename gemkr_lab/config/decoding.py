@@ -58,9 +58,12 @@ class DecodingConfig:
     docs_per_clue_limit: Annotated[int, AtLeast(1)] = 1000
     """Occurrences located per clue at most (SEAL's cap; frequent clues carry little evidence)."""
     check_top_m: Annotated[int, AtLeast(1)] = 64
-    """Validate the model's best M tokens per beam instead of enumerating all followers of large ranges."""
+    """Decoding on an accelerator: validate the model's best M tokens per beam in the index instead of
+    enumerating the followers of frequent clues (on the CPU, each beam's best allowed tokens are searched in the
+    index directly, `KBIndex.best_next`; results are the same)."""
     enumerate_below: Annotated[int, AtLeast(0)] = 256
-    """Ranges with at most this many occurrences enumerate their followers (cheaper than M checks)."""
+    """Decoding on an accelerator: clues with at most this many occurrences enumerate their followers into the
+    mask (cheaper than M checks)."""
 
     def __post_init__(self) -> None:
         check_fields(self)
