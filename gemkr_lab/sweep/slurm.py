@@ -40,6 +40,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, fields
@@ -586,6 +587,7 @@ def _follow(sweep, options, study, queue, retries, storage, progress, command) -
 
     total = len(sweep.cells) * len(sweep.seeds)
     submitted: list[str] = []
+    shown: tuple = ()
     bar = tqdm(total=total, desc=f"sweep {sweep.name} (slurm)", disable=None if progress is None else not progress)
     with bar:
         while True:
@@ -599,11 +601,16 @@ def _follow(sweep, options, study, queue, retries, storage, progress, command) -
             bar.update(done - bar.n)
             jobs = ledger["jobs"]
             active = sum(j.get("state") in ACTIVE_STATES for j in jobs)
-            bar.set_postfix_str(f"queued {waiting}, running {running}, worker jobs {active}")
+            state = f"queued {waiting}, running {running}, worker jobs {active}"
+            bar.set_postfix_str(state)
+            if bar.disable and (done, state) != shown:  # no terminal (a log, nohup): one line per change
+                print(f"grid: {done}/{total} (cell, seed) pairs complete; {state}", flush=True)
+                shown = (done, state)
             crashed = [j for j in jobs if j.get("state") == "FAILED" and j["job"] in submitted]
             if len(crashed) >= WORKER_FAILURES:
-                raise RuntimeError(
-                    f"{len(crashed)} worker jobs failed (not their trials: the workers); see {crashed[-1]['stderr']}"
+                raise ConfigError(
+                    f"{len(crashed)} worker jobs failed (the workers themselves, not their trials: can the nodes run "
+                    f"{sys.executable} and reach the storage?); see {crashed[-1]['stderr']}"
                 )
             if not waiting and not running:
                 return submitted
