@@ -124,3 +124,28 @@ def test_the_switch_needs_the_bos_id(world):
     cfg = dataclasses.replace(DecodingConfig(), allow_bos_eos_first_token=True)
     with pytest.raises(ValueError, match="BOS id"):
         beam_search(torch.nn.Identity(), cfg, EOS, input_ids=torch.ones(1, 2, dtype=torch.long), index=indexes["sa"])
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_the_official_step_0_picks_the_same_clues_on_the_device_route(world, constrained, tiny_llama):
+    """BOS / EOS added at step 0, clues anchored at documents' starts and forced ends by count: the candidates
+    picked on the model's device are those read on the host."""
+    from gemkr_lab.decoding import beam_search
+
+    tok, _docs, indexes = world
+    cfg = DecodingConfig(
+        num_groups=6, max_clue_tokens=5, allow_bos_eos_first_token=True, constrained=constrained, stop_at_count=2
+    )
+    model = _Biased(tiny_llama(len(tok), seed=1, pad_id=3), {BOS: 8.0, EOS: 8.0})
+    prompts = torch.as_tensor(np.random.default_rng(2).integers(4, len(tok), size=(3, 6)))
+    results = [
+        beam_search(model, cfg, EOS, input_ids=prompts, index=indexes["fm2"], bos_id=BOS, scores_on_host=on_host)
+        for on_host in (True, False)
+    ]
+    host, device = (
+        [[(h.tokens, h.ended_with_eos, h.cumulative, h.starts_document) for h in hs] for hs in r.hypotheses]
+        for r in results
+    )
+    assert host == device
+    assert any(h[3] for hs in host for h in hs)  # clues that began with BOS
+    assert any(not h[0] for hs in host for h in hs) or not constrained  # empty clues (EOS first)
