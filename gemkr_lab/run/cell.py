@@ -158,9 +158,14 @@ def is_global_zero() -> bool:
 
 def _train_beside_rank_zero(config: ExperimentConfig, out: Path, tokenizer) -> None:
     """A DDP rank > 0: join rank 0's training; the manifest, decoding, metrics and W&B are rank 0's alone."""
+    _fit(config, out, tokenizer)
+
+
+def _fit(config: ExperimentConfig, out: Path, tokenizer, logger=False, callbacks=()):
+    """Train (or resume) this config's model into `out`."""
     from gemkr_lab.model.train import fit
 
-    fit(
+    return fit(
         config.prepared,
         config.data_root,
         tokenizer,
@@ -169,6 +174,8 @@ def _train_beside_rank_zero(config: ExperimentConfig, out: Path, tokenizer) -> N
         data_config=config.data,
         train_config=config.train,
         limit_train=config.limit_train,
+        logger=logger,
+        callbacks=list(callbacks),
     )
 
 
@@ -197,7 +204,6 @@ def _prepared_tokenizer(config: ExperimentConfig) -> str:
 def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict, tokenizer) -> dict:
     from gemkr_lab.kb import open_index
     from gemkr_lab.kb.tokenize import tokenizer_fingerprint
-    from gemkr_lab.model.train import fit
 
     index = open_index(Path(config.prepared) / "index", tokenizer_fingerprint=tokenizer_fingerprint(tokenizer))
     logger = _logger(config, out, manifest)
@@ -214,18 +220,7 @@ def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict, tok
     write_json(out / MANIFEST, manifest)
     started = time.perf_counter()
     try:
-        module = fit(
-            config.prepared,
-            config.data_root,
-            tokenizer,
-            out,
-            model_config=config.model,
-            data_config=config.data,
-            train_config=config.train,
-            limit_train=config.limit_train,
-            logger=logger or False,
-            callbacks=_search_callbacks(),
-        )
+        module = _fit(config, out, tokenizer, logger=logger or False, callbacks=_search_callbacks())
     finally:  # every attempt's training time counts (cost columns), a failed or stopped one's too
         manifest["train_seconds_attempts"].append(round(time.perf_counter() - started, 2))
         manifest["train_seconds"] = round(sum(manifest["train_seconds_attempts"]), 2)

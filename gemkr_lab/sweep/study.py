@@ -36,7 +36,7 @@ import optuna
 from optuna.trial import TrialState
 
 from gemkr_lab.config.experiment import ConfigError
-from gemkr_lab.io import lock
+from gemkr_lab.io import lock, pid_alive
 
 HEARTBEAT_SECONDS = 10.0
 STALE_AFTER_SECONDS = 60.0
@@ -384,7 +384,7 @@ def requeue_stale(study: optuna.Study, storage, retries: int, stale_after: float
             continue
         claimed = t.datetime_start.timestamp() if t.datetime_start is not None else now
         beat = float(attrs.get("heartbeat") or claimed)
-        dead_here = attrs.get("host") == host and "pid" in attrs and not _alive(int(attrs["pid"]))
+        dead_here = attrs.get("host") == host and "pid" in attrs and not pid_alive(int(attrs["pid"]))
         if not (dead_here or now - beat > stale_after):
             continue
         try:
@@ -396,18 +396,6 @@ def requeue_stale(study: optuna.Study, storage, retries: int, stale_after: float
         _retry(study, attrs, retries)
         n += 1
     return n
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _retry(study: optuna.Study, attrs: dict, retries: int) -> None:
