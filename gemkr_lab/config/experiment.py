@@ -77,6 +77,14 @@ def load_experiment(name_or_path: str, overrides: list[str] | tuple[str, ...] = 
     what is expected and the preset file or override it came from.
     """
     diff, sources = _preset(name_or_path, seen=())
+    apply_overrides(diff, sources, overrides)
+    name = Path(name_or_path).stem if name_or_path.endswith(".yaml") else name_or_path
+    diff.setdefault("name", name)
+    return build(ExperimentConfig, diff, where=name_or_path, sources=sources)
+
+
+def apply_overrides(values: dict[str, Any], sources: dict[str, str], overrides) -> None:
+    """Set each `key=value` override (YAML value) in the nested `values`, noting its origin in `sources`."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
@@ -86,12 +94,9 @@ def load_experiment(name_or_path: str, overrides: list[str] | tuple[str, ...] = 
             value = load_yaml(raw) if raw else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc.problem})") from exc
-        _set_path(diff, key.split("."), value, where=f"override {item!r}")
+        _set_path(values, key.split("."), value, where=f"override {item!r}")
         _forget(sources, key)
         sources[key] = f"override {item!r}"
-    name = Path(name_or_path).stem if name_or_path.endswith(".yaml") else name_or_path
-    diff.setdefault("name", name)
-    return build(ExperimentConfig, diff, where=name_or_path, sources=sources)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

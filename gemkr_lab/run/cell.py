@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, build, to_dict
+from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, apply_overrides, build, to_dict
 from gemkr_lab.io import lock
 from gemkr_lab.kb.storage import write_json, write_text
 
@@ -46,12 +46,15 @@ def with_seed(config: ExperimentConfig, seed: int) -> ExperimentConfig:
     return dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
 
 
-def run_fingerprint(config: ExperimentConfig) -> str:
-    """What identifies a run's result: the resolved config and the prepared data's stamp (checked first)."""
-    stamp = check_prepared(config)
-    identity = {k: v for k, v in to_dict(config).items() if k not in NOT_IDENTITY}
+def _fingerprint(config: ExperimentConfig, stamp: dict[str, Any], leave_out: tuple[str, ...]) -> str:
+    identity = {k: v for k, v in to_dict(config).items() if k not in leave_out}
     payload = json.dumps({"config": identity, "prepared": stamp["fingerprint"]}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def run_fingerprint(config: ExperimentConfig) -> str:
+    """What identifies a run's result: the resolved config and the prepared data's stamp (checked first)."""
+    return _fingerprint(config, check_prepared(config), NOT_IDENTITY)
 
 
 def training_fingerprint(config: ExperimentConfig, stamp: dict[str, Any]) -> str:
@@ -60,9 +63,7 @@ def training_fingerprint(config: ExperimentConfig, stamp: dict[str, Any]) -> str
     Cells that differ only in decoding (beam size, search, constraint, clue-to-document policy, 8-bit, ...)
     share it, so one training serves them all (`_trained_elsewhere`).
     """
-    identity = {k: v for k, v in to_dict(config).items() if k not in (*NOT_IDENTITY, "decoding")}
-    payload = json.dumps({"config": identity, "prepared": stamp["fingerprint"]}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+    return _fingerprint(config, stamp, (*NOT_IDENTITY, "decoding"))
 
 
 def run_dir(root: str | Path, config: ExperimentConfig) -> Path:
@@ -392,7 +393,7 @@ def _manifest(config: ExperimentConfig, seed: int, stamp: dict, previous: dict |
             "tokenizer_fingerprint": index_meta["tokenizer_fingerprint"],
         },
         "prepared": {"path": str(prepared), "fingerprint": stamp["fingerprint"]},
-        "fingerprint": run_fingerprint(config),
+        "fingerprint": _fingerprint(config, stamp, NOT_IDENTITY),  # the stamp is checked already
         "training_fingerprint": training_fingerprint(config, stamp),
         "wandb_run_id": (previous or {}).get("wandb_run_id"),
     }
@@ -504,13 +505,7 @@ def evaluate_cell(run: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
 
 def _run_config(run: Path, overrides) -> ExperimentConfig:
     """The run's resolved config with decoding overrides applied (checked like any other)."""
-    from gemkr_lab.config.checks import load_yaml
-
     values = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    sources = {}
-    for item in overrides:
-        key, _, raw = item.partition("=")
-        section, _, field = key.strip().partition(".")
-        values[section][field] = load_yaml(raw) if raw else None
-        sources[key.strip()] = f"override {item!r}"
+    sources: dict[str, str] = {}
+    apply_overrides(values, sources, overrides)
     return build(ExperimentConfig, values, where=str(run / "config.yaml"), sources=sources)
