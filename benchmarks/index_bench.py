@@ -70,7 +70,7 @@ def child_build(args) -> None:
             yield DocBatch(chunk, lengths[d0:d1])
 
     t0 = time.perf_counter()
-    shards = "auto" if args.max_shard_tokens else 1
+    shards = "auto"  # one shard up to the cap (all of 1M docs), more only past it (the 2.5B-token scale run)
     index = build_index(
         batches(),
         args.index_dir,
