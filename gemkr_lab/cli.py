@@ -180,7 +180,7 @@ def _train(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     config = load_experiment(args.experiment, args.overrides)
-    means = run_cell(config, args.seed, args.root, list(args.overrides))
+    means = run_cell(config, args.seed, args.root, list(args.overrides), lock_until_exit=args.verb == "run-cell")
     if not means:  # a DDP rank > 0: rank 0 reports
         return 0
     print(f"{config.name} seed {args.seed} -> {run_dir(args.root, with_seed(config, args.seed))}")

@@ -240,8 +240,14 @@ def _describe_holder(info: dict) -> str:
     return f"pid {info.get('pid', '?')} on {info.get('host', '?')} since {info.get('since', '?')}"
 
 
+_HELD_UNTIL_EXIT: list[int] = []
+"""Descriptors of locks `lock(until_exit=True)` keeps: closed (and so released) only by the process's end."""
+
+
 @contextmanager
-def lock(path: str | Path, *, wait: float | None = 0.0, what: str | None = None) -> Iterator[Path]:
+def lock(
+    path: str | Path, *, wait: float | None = 0.0, what: str | None = None, until_exit: bool = False
+) -> Iterator[Path]:
     """Hold an exclusive OS lock on the file `path` (created) for the block.
 
     The lock is `flock` on an open file: the kernel releases it when the block ends or the process dies in any
@@ -254,6 +260,9 @@ def lock(path: str | Path, *, wait: float | None = 0.0, what: str | None = None)
         wait: seconds to wait for a holder to let go (None: as long as it takes). With 0 a held lock is tried
             again only for `LOCK_GRACE_SECONDS` (another process's `lock_holder` may be probing it).
         what: what the lock protects, for the message (default: the path).
+        until_exit: keep holding it after the block, until this process ends: then "the lock is free" means
+            "its holder is gone", not merely "past the block" (a trainer a sweep launched spends a while
+            tearing down after its run; a launch in that window would be a second trainer process of the run).
 
     Raises:
         LockHeld: still held by another holder after waiting; the message names the holder.
@@ -261,7 +270,7 @@ def lock(path: str | Path, *, wait: float | None = 0.0, what: str | None = None)
     import fcntl
 
     path = Path(path)
-    fd = _open_lock(path, create=True)
+    fd, held = _open_lock(path, create=True), False
     try:
         deadline = None if wait is None else time.monotonic() + max(wait, LOCK_GRACE_SECONDS)
         while True:
@@ -275,6 +284,7 @@ def lock(path: str | Path, *, wait: float | None = 0.0, what: str | None = None)
                         "the lock goes when that process ends"
                     ) from None
                 time.sleep(0.05)
+        held = True
         info = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
@@ -282,10 +292,14 @@ def lock(path: str | Path, *, wait: float | None = 0.0, what: str | None = None)
         try:
             yield path
         finally:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
+            if not until_exit:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
     finally:
-        os.close(fd)  # releases the lock
+        if held and until_exit:  # also when the block failed: the process is still tearing down
+            _HELD_UNTIL_EXIT.append(fd)  # the kernel releases it with the process
+        else:
+            os.close(fd)  # releases the lock
 
 
 def lock_holder(path: str | Path) -> dict | None:

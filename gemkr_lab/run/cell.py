@@ -102,8 +102,19 @@ def prepare_command(config: ExperimentConfig, overrides: list[str] | tuple[str, 
     return f"gemkr-lab prepare --experiment {config.name} {sets}".rstrip()
 
 
-def run_cell(config: ExperimentConfig, seed: int, root: str | Path, overrides: list[str] | None = None) -> dict:
-    """Train, decode and score one cell for one seed; returns the mean metrics."""
+def run_cell(
+    config: ExperimentConfig,
+    seed: int,
+    root: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    lock_until_exit: bool = False,
+) -> dict:
+    """Train, decode and score one cell for one seed; returns the mean metrics.
+
+    `lock_until_exit`: hold the run's lock until this process ends, not only while in here (the `run-cell`
+    process a sweep launches: its lock then also covers its teardown, so a free lock means it is gone).
+    """
     from gemkr_lab.data.queries import DataError
     from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint
 
@@ -125,7 +136,8 @@ def run_cell(config: ExperimentConfig, seed: int, root: str | Path, overrides: l
     out.mkdir(parents=True, exist_ok=True)
     # One trainer per run directory: a second fails at once (exit 2), naming the holder; it would have nothing
     # to do but wait and then find the run complete. A DDP rank > 0 is the holder's own child.
-    held = lock(out / RUN_LOCK, what=f"run {out}") if not int(os.environ.get("LOCAL_RANK") or 0) else None
+    rank = int(os.environ.get("LOCAL_RANK") or 0)
+    held = lock(out / RUN_LOCK, what=f"run {out}", until_exit=lock_until_exit) if not rank else None
     with held or contextlib.nullcontext():
         return _run_locked(config, seed, out, stamp, tokenizer, overrides)
 

@@ -91,6 +91,20 @@ def _assert_each_pair_complete_once(sweep, storage) -> list:
     return trials
 
 
+def _describe(pid: int) -> dict:
+    """What a process is, for a failure message: parent, state, Slurm job, start (ticks), flocks it holds."""
+    found: dict = {"pid": pid}
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+        found.update(state=stat[0], ppid=int(stat[1]), start=int(stat[19]))
+        env = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+        found["job"] = next((e.decode().split("=", 1)[1] for e in env if e.startswith(b"SLURM_JOB_ID=")), None)
+        found["flocks"] = sum(line.split()[4] == str(pid) for line in Path("/proc/locks").read_text().splitlines())
+    except (OSError, IndexError, ValueError):
+        found["gone"] = True
+    return found
+
+
 class Trainers:
     """Watches the `run-cell` processes of one sweep root (through /proc): the most alive at once per run."""
 
@@ -98,6 +112,7 @@ class Trainers:
         self.root = str(root)
         self.most: dict[tuple[str, int], int] = {}
         self.parents: dict[int, tuple[int, tuple[str, int]]] = {}  # pid -> (ppid, (cell, seed))
+        self.overlaps: list = []  # (run, [what each process was]) whenever a run had more processes than before
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -126,10 +141,13 @@ class Trainers:
 
     def _watch(self) -> None:
         while not self._stop.is_set():
+            alive = self.alive()
             counts: dict = {}
-            for key in self.alive().values():
+            for key in alive.values():
                 counts[key] = counts.get(key, 0) + 1
             for key, n in counts.items():
+                if n > 1 and n > self.most.get(key, 0):
+                    self.overlaps.append((key, [_describe(pid) for pid, k in alive.items() if k == key]))
                 self.most[key] = max(n, self.most.get(key, 0))
             time.sleep(0.05)
 
@@ -176,6 +194,46 @@ def test_the_run_lock_names_its_holder_and_goes_with_its_process(tmp_path):
         assert gio.lock_holder(path) is None
     finally:
         holder.kill()
+
+
+def test_a_launched_trainers_lock_lasts_until_its_process_ends_also_after_a_failed_run(tmp_path):
+    path = tmp_path / RUN_LOCK
+    code = (
+        "from gemkr_lab.io import lock\n"
+        "try:\n"
+        f"    with lock({str(path)!r}, until_exit=True):\n"
+        "        raise RuntimeError('stopped mid-run')\n"
+        "except RuntimeError:\n"
+        "    print('past the block', flush=True)\n"
+        "input()"  # the teardown of a trainer: still this process, so still its run
+    )
+    holder = subprocess.Popen([PY, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "past the block"
+        assert gio.lock_holder(path)["pid"] == holder.pid  # a free lock would let a sweep launch beside it
+        holder.communicate("\n", timeout=30)
+        assert gio.lock_holder(path) is None  # gone with its process
+    finally:
+        holder.kill()
+    with gio.lock(path):  # the default: released with the block
+        pass
+    assert gio.lock_holder(path) is None
+
+
+def test_the_run_cell_verb_keeps_its_run_lock_until_exit_and_train_does_not(monkeypatch, tiny_overrides):
+    from gemkr_lab import cli
+    from gemkr_lab.run import cell
+
+    seen = []
+    monkeypatch.setattr(cell, "run_cell", lambda *a, **kw: seen.append(kw.get("lock_until_exit")) or {})
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGUSR2)}  # run-cell ignores these
+    try:
+        for verb in ("run-cell", "train"):
+            assert cli.main([verb, "tiny-cpu/full", *tiny_overrides, "--root", "unused"]) == 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert seen == [True, False]
 
 
 def test_a_killed_attempt_counts_until_its_last_write(tmp_path):
@@ -403,7 +461,7 @@ def test_sweep_commands_started_together_run_each_pair_exactly_once(tmp_path, ti
     assert all("grid: 4/4" in out and "error" not in out.lower() for out in outs), outs
     trials = _assert_each_pair_complete_once(sweep, url)
     assert not [t for t in trials if t.state == TrialState.FAIL]  # no false errors
-    assert set(trainers.most.values()) == {1}  # never two trainers of one run
+    assert set(trainers.most.values()) == {1}, trainers.overlaps  # never two trainers of one run
     for cell in sweep.cells:
         for seed in sweep.seeds:
             manifest = read_manifest(current_run(sweep, cell, seed))
@@ -453,7 +511,7 @@ def test_sigkill_of_the_sweep_parent_alone_starts_no_second_trainer(tmp_path, ti
         out = survivor.communicate(timeout=900)[0]
     assert survivor.returncode == 0, out  # it waited for the dead worker's trial, re-queued and ran it
     assert "grid: 2/2" in out
-    assert set(trainers.most.values()) == {1}  # never two trainers of one run
+    assert set(trainers.most.values()) == {1}, trainers.overlaps  # never two trainers of one run
     _assert_each_pair_complete_once(sweep, None)
     manifest = read_manifest(current_run(sweep, cell, seed))
     assert manifest["attempts"] == 2  # the killed attempt, then one resume; never two at once

@@ -175,7 +175,7 @@ def test_a_grid_through_slurm_runs_each_pair_once_survives_scancel_and_reports_a
         final = _sweep(path, slurm, *launcher, "--wait")
     assert final.returncode == 0, final.stdout + final.stderr
     assert "grid: 4/4 (cell, seed) pairs complete" in final.stdout
-    assert set(trainers.most.values()) == {1}  # never two trainers of one run, also across jobs
+    assert set(trainers.most.values()) == {1}, trainers.overlaps  # never two trainers of one run, also across jobs
     trials = _assert_each_pair_complete_once(sweep, None)
     mine = [t for t in trials if (t.user_attrs.get("cell"), t.user_attrs.get("seed")) == key]
     assert [t.state for t in mine] == [TrialState.FAIL, TrialState.COMPLETE]  # given back (or found dead), re-run
