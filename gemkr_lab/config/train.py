@@ -27,7 +27,12 @@ class TrainConfig:
     max_steps: Annotated[int, AtLeast(1)] = 6000
     """Optimizer steps in total (official: 5 x 2400 micro-batches / 2 accumulation)."""
     batch_size: Annotated[int, AtLeast(1)] = 12
-    """Samples per micro-batch."""
+    """Samples per micro-batch on each device (each DDP process). An optimizer step trains on batch_size x
+    devices (x nodes) x `accumulate_grad_batches` samples: the paper's 12 x 2 is that of ONE GPU (24 samples);
+    to keep 24 on 2 GPUs use batch_size 12 with accumulate_grad_batches 1 (or 6 x 2). Under DDP the global
+    micro-batch of step k is exactly the micro-batch of step k of one process with batch_size x devices (the
+    same examples, rank r taking the r-th contiguous slice), and the loss is its token mean, so the run equals
+    that single-process run up to floating-point summation order."""
     accumulate_grad_batches: Annotated[int, AtLeast(1)] = 2
     """Micro-batches per optimizer step (official runner default)."""
     weight_decay: Annotated[float, AtLeast(0)] = 0.05

@@ -7,6 +7,7 @@ split gets none, reproducing the official bug. Training images get the official 
 """
 
 import json
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -53,18 +54,41 @@ def train_image_transform(size: int) -> T.Compose:
 
 
 class EpochSampler(Sampler[int]):
-    """A shuffle that depends only on (seed, epoch), so that a resumed run sees the same order."""
+    """A shuffle that depends only on (seed, epoch), so that a resumed run sees the same order; one rank's share.
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+    Under DDP (`world_size` > 1) each global batch of `batch_size` x `world_size` consecutive samples of the
+    epoch's order is split in contiguous slices, rank r taking the r-th `batch_size` samples, so the global batch
+    of step k is the batch of step k of a single process with batch `batch_size` x `world_size`. An incomplete
+    last global batch is split as evenly as possible (`np.array_split`); with `drop_last` it is dropped, and when
+    it has fewer samples than ranks (one rank would get none) it is dropped with a warning.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        shuffle: bool = True,
+        *,
+        batch_size: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
         self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
-        self._resume: tuple[int, int] | None = None  # (epoch, samples already seen in it)
+        self.batch_size, self.rank, self.world_size, self.drop_last = batch_size, rank, world_size, drop_last
+        self._resume: tuple[int, int] | None = None  # (epoch, samples of it already seen by all ranks together)
+
+    @property
+    def global_batch(self) -> int:
+        """Samples in one micro-batch of all ranks together."""
+        return self.batch_size * self.world_size
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at every epoch start."""
         self.epoch = epoch
 
     def resume(self, epoch: int, seen: int) -> None:
-        """The next pass over `epoch` starts after its first `seen` samples (a mid-epoch resume)."""
+        """The next pass over `epoch` starts after its first `seen` samples (all ranks together; mid-epoch)."""
         self._resume = (epoch, seen)
 
     def __iter__(self):
@@ -76,35 +100,52 @@ class EpochSampler(Sampler[int]):
             epoch, seen = self._resume
             self._resume = None
             skip = seen if epoch == self.epoch else 0
-        return iter(order[skip:].tolist())
+        return iter(self._share(order[skip:]).tolist())
+
+    def _share(self, order: np.ndarray) -> np.ndarray:
+        """This rank's samples of `order`, cut into global batches from its start."""
+        if self.world_size == 1:
+            return order  # the DataLoader batches it (and drops an incomplete last batch with drop_last)
+        g, b, r = self.global_batch, self.batch_size, self.rank
+        full = len(order) // g * g
+        mine = order[:full].reshape(-1, self.world_size, b)[:, r].reshape(-1)
+        tail = order[full:]
+        if len(tail) == 0 or self.drop_last:
+            return mine
+        if len(tail) < self.world_size:
+            warnings.warn(
+                f"the epoch's last global batch has {len(tail)} samples for {self.world_size} ranks: dropped",
+                stacklevel=2,
+            )
+            return mine
+        return np.concatenate([mine, np.array_split(tail, self.world_size)[r]])
 
     def __len__(self) -> int:
-        return self.n
+        return len(self._share(np.arange(self.n))) if self.world_size > 1 else self.n
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader that Lightning checkpoints mid-epoch: its state is the epoch and the batches consumed.
+    """A DataLoader that Lightning checkpoints mid-epoch: its state is the epoch and the position in it.
 
     Lightning saves `state_dict()` with every checkpoint and calls `load_state_dict()` on resume, so a run
     killed anywhere continues with exactly the batches it had not seen (a plain DataLoader restarts the epoch).
-    `consumed` is set by the data module: the batches the training loop has processed in this epoch.
+    `consumed` is set by the data module: the batches the training loop has processed in this epoch. The
+    position is global (`samples`: seen by all ranks together), so it means the same under DDP.
     """
 
     consumed: Any = None
 
     def state_dict(self) -> dict[str, int]:
-        """Epoch and batches consumed in it."""
+        """Epoch, micro-batches consumed in it and the samples they held (all ranks together)."""
         epoch = getattr(self.sampler, "epoch", 0)
-        return {"epoch": epoch, "batches": int(self.consumed()) if self.consumed else 0}
+        batches = int(self.consumed()) if self.consumed else 0
+        per_batch = getattr(self.sampler, "global_batch", self.batch_size)
+        return {"epoch": epoch, "batches": batches, "samples": batches * per_batch}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Skip the consumed batches of the saved epoch on the next pass.
-
-        Under DDP Lightning wraps the sampler in its distributed one, which cannot skip: that epoch is replayed
-        (exact mid-epoch resume is a single-process guarantee).
-        """
+        """Skip the consumed samples of the saved epoch on the next pass (older states: batches x batch size)."""
         if isinstance(self.sampler, EpochSampler):
-            self.sampler.resume(state["epoch"], state["batches"] * self.batch_size)
+            self.sampler.resume(state["epoch"], state.get("samples", state["batches"] * self.batch_size))
 
 
 class _Rows(Dataset):
@@ -213,7 +254,11 @@ class GeMKRDataModule(L.LightningDataModule):
         }
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled by (seed, epoch); with `drop_last` the last incomplete batch of each epoch is dropped."""
+        """Shuffled by (seed, epoch); with `drop_last` the last incomplete batch of each epoch is dropped.
+
+        Under DDP this rank's share of every global batch (`EpochSampler`; the trainer is built with
+        `use_distributed_sampler=False`, so Lightning does not wrap it in its own reshuffling sampler).
+        """
         ds = _Rows(self.train_rows, self, "train")
         if self.drop_last and len(ds) < self.batch_size:
             raise ValueError(
@@ -221,10 +266,15 @@ class GeMKRDataModule(L.LightningDataModule):
                 "use more rows (limit_train), a smaller batch or train.drop_last=false"
             )
         self.cache_region_features("train")  # on the tower's device, before any worker process starts
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = EpochSampler(
+            len(ds), self.seed, batch_size=self.batch_size, rank=rank, world_size=world, drop_last=self.drop_last
+        )
         loader = ResumableLoader(
             ds,
             batch_size=self.batch_size,
-            sampler=EpochSampler(len(ds), self.seed),
+            sampler=sampler,
             collate_fn=collate,
             num_workers=self.num_workers,
             drop_last=self.drop_last,
@@ -232,8 +282,8 @@ class GeMKRDataModule(L.LightningDataModule):
             # dropout uses (a resumed run makes its iterator at another moment than the uninterrupted one)
             generator=torch.Generator().manual_seed(self.seed),
         )
-        if getattr(self, "trainer", None) is not None:  # under Lightning: the loop's own count of this epoch
-            progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        if trainer is not None:  # under Lightning: the loop's own count of this epoch
+            progress = trainer.fit_loop.epoch_loop.batch_progress.current
             loader.consumed = lambda: progress.processed
         self._train_sampler = loader.sampler
         return loader

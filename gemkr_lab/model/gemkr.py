@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from gemkr_lab.config.model import ModelConfig
 from gemkr_lab.model.vision import PrefixedViT, load_vision_weights
@@ -190,6 +191,15 @@ class GeMKR(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Mean cross-entropy over the clue tokens and EOS."""
+        total, count = self.loss_terms(batch)
+        return total / count
+
+    def loss_terms(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed cross-entropy over the clue tokens and EOS of the batch, and the number of those tokens.
+
+        The mean is `total / count`; under DDP the trainer divides each rank's total by the count of all ranks
+        (`GeMKRModule.training_step`), so the loss is the token mean of the global batch.
+        """
         if batch.targets is None:
             raise ValueError("training needs clue targets")
         device = batch.images.device
@@ -206,7 +216,15 @@ class GeMKR(nn.Module):
         label_t = torch.full(mask.shape, IGNORE, dtype=torch.long, device=device)
         for i, lab in enumerate(labels):
             label_t[i, : lab.shape[0]] = lab
-        return self.llm(inputs_embeds=embeds, attention_mask=mask, labels=label_t).loss
+        logits = self.llm(inputs_embeds=embeds, attention_mask=mask).logits
+        shifted = label_t[:, 1:]  # position t predicts token t + 1, as the LLM's own causal-LM loss
+        total = F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+            shifted.reshape(-1),
+            ignore_index=IGNORE,
+            reduction="sum",
+        )
+        return total, (shifted != IGNORE).sum()
 
     @torch.no_grad()
     def prompt_embeds(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,6 +42,7 @@ class GeMKRModule(L.LightningModule):
         self.model_config, self.train_config = model_config, train_config
         self.model = GeMKR(model_config, vocab_size)
         self.strict_loading = False  # checkpoints hold the trainable parameters only
+        self.step_losses: list[float] = []  # the global loss of each micro-batch since the last optimizer step
 
     def on_fit_start(self) -> None:
         """Print what is trained, per component."""
@@ -50,9 +51,21 @@ class GeMKRModule(L.LightningModule):
             print(f"trainable parameters: {parts}")
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        """Cross-entropy on clue tokens and EOS."""
-        loss = self.model(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch.images.shape[0])
+        """Cross-entropy on clue tokens and EOS: the token mean of the global batch, under DDP too.
+
+        Each rank holds its share of the global batch (`EpochSampler`) and sums its tokens' losses; dividing by
+        the target tokens of all ranks (all-reduced) and multiplying by the world size, because DDP averages the
+        ranks' gradients, gives exactly the gradient of the single-process loss of the same global batch (ranks
+        hold different numbers of tokens, so the mean of per-rank means would not). The value kept for the
+        history (`step_losses`, logged by `TrainingHistory`) is that global token mean.
+        """
+        total, count = self.model.loss_terms(batch)
+        strategy, world = self.trainer.strategy, self.trainer.world_size
+        tokens = strategy.reduce(count.detach().to(total.dtype).clone(), reduce_op="sum")  # all ranks' tokens
+        loss = total * world / tokens
+        mean = strategy.reduce(total.detach().clone(), reduce_op="sum") / tokens
+        self.step_losses.append(float(mean))
+        self.log("train/loss", mean, prog_bar=True, logger=False, batch_size=batch.images.shape[0])
         return loss
 
     def configure_optimizers(self):

@@ -13,6 +13,7 @@ from gemkr_lab.config.model import ModelConfig
 from gemkr_lab.config.train import TrainConfig
 from gemkr_lab.model.checkpoints import LAST, AtomicCheckpointIO, CheckpointOnStop, resume_point
 from gemkr_lab.model.datamodule import GeMKRDataModule
+from gemkr_lab.model.history import TrainingHistory
 from gemkr_lab.model.module import GeMKRModule
 
 
@@ -38,6 +39,11 @@ def fit(
     (`CheckpointOnStop`). With `resume`, the newest loadable
     one is continued exactly: weights, optimizer, schedule, RNG states and the data position within the epoch.
     `module.resumed_from_step` says which step it continued from (None: a fresh start).
+
+    Under DDP (`train_config.strategy` ddp, `devices` D) `train_config.batch_size` is the micro-batch of each
+    device: step k trains on exactly the examples of step k of one process with batch `batch_size` x D, with the
+    same loss (the global batch's token mean, `GeMKRModule.training_step`). The history (`train/loss`, `train/lr`
+    at step = optimizer steps done) goes to `logger` from `TrainingHistory`, restored with the checkpoint.
     """
     out = Path(out)
     L.seed_everything(train_config.seed, workers=True, verbose=False)
@@ -74,12 +80,14 @@ def fit(
         deterministic=train_config.deterministic,
         default_root_dir=str(out),
         logger=logger,
-        callbacks=[checkpoint, CheckpointOnStop(ckpt_dir), *(callbacks or [])],
+        # the history first: a checkpoint written at a batch's end then holds that step's point
+        callbacks=[TrainingHistory(), checkpoint, CheckpointOnStop(ckpt_dir), *(callbacks or [])],
         enable_progress_bar=sys.stderr.isatty(),  # quiet in logs and CI
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, train_config.max_steps // 20)),
         limit_val_batches=0,
+        use_distributed_sampler=False,  # DDP: each rank takes its share of the global batch (EpochSampler)
     )
     start = resume_point(ckpt_dir) if resume else None
     module.resumed_from_step = None  # set by GeMKRModule.on_load_checkpoint
