@@ -1,7 +1,9 @@
 """Read an offline W&B run back without a server: its config, logged history and summary.
 
 A `.wandb` file is a write-ahead log: a 7-byte header, then 32 KiB blocks of chunks, each with a 7-byte
-header (CRC, length, type: full, first, middle or last), carrying serialised protobuf `Record`s.
+header (CRC, length, type: full, first, middle or last), carrying serialised protobuf `Record`s. The file of
+a killed run ends where its writer's buffer was last flushed, possibly mid-record: the whole records before
+that are read.
 """
 
 import json
@@ -16,9 +18,12 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 
 
 def _records(path: Path) -> Iterator[Any]:
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = path.read_bytes()
+    if len(data) < _HEADER and b":W&B".startswith(data[:4]):
+        return  # a writer killed before its first flush: created, (partly) empty
     if data[:4] != b":W&B":
         raise ValueError(f"{path}: not a W&B run file")
     pos, pending = _HEADER, b""
@@ -31,12 +36,17 @@ def _records(path: Path) -> Iterator[Any]:
         if kind == 0 and length == 0:
             pos += room
             continue
+        if pos + _HEADER + length > len(data):
+            return  # a killed writer's last chunk, cut short: what came before is whole
         chunk = data[pos + _HEADER : pos + _HEADER + length]
         pos += _HEADER + length
         pending = chunk if kind in (_FULL, _FIRST) else pending + chunk
         if kind in (_FULL, _LAST):
             record = pb.Record()
-            record.ParseFromString(pending)
+            try:
+                record.ParseFromString(pending)
+            except DecodeError:
+                return  # a torn write
             yield record
 
 
@@ -64,6 +74,20 @@ def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
         elif kind == "summary":
             summary.update({key(i): json.loads(i.value_json) for i in record.summary.update})
     return {"config": config, "history": history, "summary": summary}
+
+
+def offline_attempts(wandb_dir: str | Path, run_id: str) -> list[Path]:
+    """The offline folders of run `run_id` under `wandb_dir`, one per attempt, oldest first."""
+    return sorted(Path(wandb_dir).glob(f"offline-run-*-{run_id}"))
+
+
+def last_step(run_dir: str | Path) -> int:
+    """The highest history step an offline run folder holds (-1: none; a killed attempt's is often empty)."""
+    try:
+        history = read_offline_run(run_dir)["history"]
+    except FileNotFoundError:
+        return -1
+    return max((int(row["_step"]) for row in history if "_step" in row), default=-1)
 
 
 def read_offline_artifacts(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -2,12 +2,26 @@
 
 Offline by default (no account, no network): files land in `<run>/wandb/` and `wandb sync` uploads them
 later. The run id is kept in the manifest, so a resumed run logs to the same W&B run.
+
+One history across attempts (`StepWandbLogger`): W&B's step is the optimizer step, and a resumed attempt
+logs only the steps its run does not hold yet - first the points restored from the checkpoint
+(`gemkr_lab.model.history.TrainingHistory`) that the earlier attempts lost, then the steps it trains. A killed
+attempt's folder keeps what its W&B process had written when it died (offline it buffers its file: often
+nothing of a short run). Steps it did write after its last checkpoint are retrained but not logged again: a W&B
+run's steps only increase, a step is never replaced, so those points stay the killed attempt's (the same
+values on CPU in deterministic mode; on a GPU they may differ by non-determinism from the retrained ones the
+final weights descend from). The attempts' folders, in order, hold every logged step once, increasing.
 """
 
 import os
 import uuid
 from pathlib import Path
 from typing import Any
+
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from gemkr_lab.tracking.offline import last_step, offline_attempts
 
 
 def make_logger(
@@ -21,11 +35,10 @@ def make_logger(
     config: dict[str, Any],
     mode: str = "offline",
 ):
-    """A WandbLogger (job_type "train") writing under `run_dir`."""
-    from lightning.pytorch.loggers import WandbLogger
-
+    """A `StepWandbLogger` (job_type "train") writing under `run_dir`, through a W&B process of this process."""
     os.environ.setdefault("WANDB_SILENT", "true")
-    return WandbLogger(
+    _own_wandb_process()
+    return StepWandbLogger(
         project=project,
         group=group,
         name=name,
@@ -38,6 +51,46 @@ def make_logger(
         config=config,
         mode=mode,
     )
+
+
+class StepWandbLogger(WandbLogger):
+    """Logs each point at W&B step = the trainer's step, once per run across attempts (see the module)."""
+
+    _first_new: int | None = None
+
+    def first_new_step(self) -> int:
+        """The lowest step this run does not hold yet.
+
+        After the last step of its earlier offline attempts (their folders beside this one), or the step an
+        online run resumed at.
+        """
+        if self._first_new is None:
+            run = self.experiment
+            current = Path(run.dir).parent
+            earlier = [d for d in offline_attempts(Path(self.save_dir) / "wandb", run.id) if d != current]
+            held = max((last_step(d) for d in earlier), default=-1)
+            self._first_new = max(int(run.starting_step), held + 1)
+        return self._first_new
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        """At W&B step `step` (with `trainer/global_step`, Lightning's x axis); steps the run holds are skipped."""
+        if step is None:
+            super().log_metrics(metrics, step)
+        elif step >= self.first_new_step():  # W&B would drop a lower step: a run's steps only increase
+            self.experiment.log({**metrics, "trainer/global_step": step}, step=step)
+
+
+def _own_wandb_process() -> None:
+    """Forget a W&B service inherited from the launching process (`WANDB_SERVICE`, set by a parent that used W&B).
+
+    Through the parent's service, a trainer killed with SIGKILL leaves its run open there, and the resumed
+    attempt fails with "run ID ... is in use"; with a service of its own, the run's W&B process dies with it.
+    A token of this very process (W&B already used here) is kept.
+    """
+    token = os.environ.get("WANDB_SERVICE", "")
+    if token and token.split("-")[1:2] != [str(os.getpid())]:
+        del os.environ["WANDB_SERVICE"]
 
 
 def new_run_id() -> str:
