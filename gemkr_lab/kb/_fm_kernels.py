@@ -348,7 +348,8 @@ def best_next(
     listed; more frequent ones: best-first over the wavelet matrix, where a node is a level, a
     symbol prefix and its row range, keyed by the best score under the prefix (among the clue's last
     token's followers, `BIGRAM_MASK_SHARE`). With `deep_only` (a shard after the first of a sharded KB),
-    clues of depth 0 and 1 are left to the first shard.
+    clues of depth 0 and 1 are left to the first shard, and each beam extends the candidates the earlier
+    shards left in `out_tok` (a token found again is kept once), pruning against them from the start.
     """
     nlev = bits.shape[0]
     need = out_tok.shape[1]
@@ -365,7 +366,7 @@ def best_next(
     width = scores.shape[1]
     masked = np.empty((1, width), dtype=np.float32)
     for j in range(lo.shape[0]):
-        found = 0
+        found = sel.carried(out_tok, j) if deep_only else 0  # a later shard starts from the earlier shards' best
         row = score_row[j]
         if not live[j]:
             pass
@@ -380,7 +381,7 @@ def best_next(
                 )
         elif hi[j] - lo[j] <= sel.FEW:  # a rare clue: its few followers cost less than the score summary
             for i in range(range_symbols(bits, ranks, Z, lo[j], hi[j], few, few, 0, 1)):
-                found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, few[i])
+                found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, few[i], deep_only)
         elif lo[j] < hi[j]:
             # the clue's followers follow its last token: score only that token's bigram row
             c = np.searchsorted(C, lo[j], side="right") - 1
@@ -422,7 +423,7 @@ def best_next(
                     if cb <= ca:
                         continue
                     if lvl + 1 == nlev:
-                        found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, cv)
+                        found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, cv, deep_only)
                         continue
                     best = sel.node_best(src, srow, tree, nlev, lb, lvl + 1, cv)
                     if best == sel.NEG_INF or (found == need and best < out_val[j, need - 1]):

@@ -229,7 +229,8 @@ def best_next(
     listed; more frequent ones: best-first over a binary partition of the symbol space, where a
     node is a symbol interval of width `2**(nlev - level)` and its rows (split by a binary search for the
     middle symbol), keyed by the best score in the interval. With `deep_only` (a shard after the first of a
-    sharded KB), clues of depth 0 and 1 are left to the first shard.
+    sharded KB), clues of depth 0 and 1 are left to the first shard, and each beam extends the candidates the
+    earlier shards left in `out_tok` (a token found again is kept once), pruning against them from the start.
     """
     need = out_tok.shape[1]
     lb = sel.summary_levels(nlev)
@@ -243,7 +244,7 @@ def best_next(
     node_b = np.empty(1024, dtype=np.int64)
     few = np.empty(sel.FEW, dtype=np.int64)
     for j in range(lo.shape[0]):
-        found = 0
+        found = sel.carried(out_tok, j) if deep_only else 0  # a later shard starts from the earlier shards' best
         row = score_row[j]
         if not live[j]:
             pass
@@ -258,7 +259,7 @@ def best_next(
                 )
         elif hi[j] - lo[j] <= sel.FEW:  # a rare clue: its few followers cost less than the score summary
             for i in range(followers(T, SA, lo[j], hi[j], depth[j], few, few, 0, 1)):
-                found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, few[i])
+                found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, few[i], deep_only)
         elif lo[j] < hi[j]:
             d = depth[j]
             sel.summarize(scores, row, nlev, tree)
@@ -296,7 +297,7 @@ def best_next(
                     if cb <= ca:
                         continue
                     if lvl + 1 == nlev:
-                        found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, cv)
+                        found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, cv, deep_only)
                         continue
                     best = sel.node_best(scores, row, tree, nlev, lb, lvl + 1, cv)
                     if best == sel.NEG_INF or (found == need and best < out_val[j, need - 1]):

@@ -268,13 +268,29 @@ def node_best(scores, row, tree, nlev, lb, lvl, v):
 
 
 @nb.njit(cache=True, inline="always")
-def leaf_offer(scores, row, out_tok, out_val, j, found, sym):
-    """Offer symbol `sym` (token `sym - 1`) with its score as a candidate of beam j; return the new count."""
+def leaf_offer(scores, row, out_tok, out_val, j, found, sym, merging):
+    """Offer symbol `sym` (token `sym - 1`) with its score as a candidate of beam j; return the new count.
+
+    `merging`: beam j may already hold the token (an earlier shard's follower too); it is then kept once.
+    """
     if 1 <= sym <= scores.shape[1]:
         x = scores[row, sym - 1]
         if x > NEG_INF:
+            if merging:
+                for i in range(found):
+                    if out_tok[j, i] == sym - 1:
+                        return found
             return offer(out_tok, out_val, j, found, sym - 1, x)
     return found
+
+
+@nb.njit(cache=True, inline="always")
+def carried(out_tok, j):
+    """How many candidates beam j holds already (those of the earlier shards of a sharded KB)."""
+    n = 0
+    while n < out_tok.shape[1] and out_tok[j, n] >= 0:
+        n += 1
+    return n
 
 
 @nb.njit(cache=True, inline="always")
@@ -323,26 +339,6 @@ def grown(a, size):
     out = np.empty(2 * a.shape[0], dtype=a.dtype)
     out[:size] = a[:size]
     return out
-
-
-@nb.njit(cache=True)
-def merge_rows(parts_tok, parts_val, out_tok, out_val):
-    """Per beam, the best `need` distinct tokens of K sorted candidate lists (one per shard)."""
-    for j in range(out_tok.shape[0]):
-        size = 0
-        for k in range(parts_tok.shape[0]):
-            for i in range(parts_tok.shape[2]):
-                t = parts_tok[k, j, i]
-                if t < 0:
-                    break
-                seen = False
-                for m in range(size):
-                    if out_tok[j, m] == t:
-                        seen = True
-                        break
-                if not seen:
-                    size = offer(out_tok, out_val, j, size, t, parts_val[k, j, i])
-        pad(out_tok, out_val, j, size)
 
 
 @nb.njit(cache=True)

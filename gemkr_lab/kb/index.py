@@ -272,10 +272,10 @@ class KBIndex:
         b = len(states)
         rows = np.arange(b, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         shards = len(self.shards)
-        out_tok = np.empty((shards, b, k), dtype=np.int64)
-        out_val = np.empty((shards, b, k), dtype=np.float32)
+        out_tok = np.empty((b, k), dtype=np.int64)
+        out_val = np.empty((b, k), dtype=np.float32)
         if b == 0 or k == 0:
-            return out_tok[0], out_val[0]
+            return out_tok, out_val
         live = ~states.closed & (states.counts > 0)
         first_sym = np.zeros(b, dtype=np.int64)
         if shards == 1:
@@ -285,6 +285,9 @@ class KBIndex:
                 s = int(np.argmax(states.hi[j] > states.lo[j]))  # any shard where the one-token clue occurs
                 first_sym[j] = np.searchsorted(self.shards[s].C, states.lo[j, s], side="right") - 1
         tables = (first_sym, self._root_allowed, *self._bigram)
+        # one list per beam through all shards: a later shard extends the earlier shards' best k (a token
+        # allowed in several shards kept once), so its search prunes against them from its first node on
+        # instead of finding its own k (a 3-shard KB would otherwise cost about three single-shard searches)
         for s, shard in enumerate(self.shards):
             shard.best_next(
                 np.ascontiguousarray(states.lo[:, s]),
@@ -295,15 +298,10 @@ class KBIndex:
                 s > 0,
                 scores,
                 rows,
-                out_tok[s],
-                out_val[s],
+                out_tok,
+                out_val,
             )
-        if shards == 1:
-            return out_tok[0], out_val[0]
-        merged_tok = np.empty((b, k), dtype=np.int64)
-        merged_val = np.empty((b, k), dtype=np.float32)
-        sek.merge_rows(out_tok, out_val, merged_tok, merged_val)
-        return merged_tok, merged_val
+        return out_tok, out_val
 
     # ---- internals ------------------------------------------------------------------------------------
 

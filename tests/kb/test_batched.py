@@ -138,13 +138,17 @@ def test_best_next_equals_the_best_of_the_enumerated_followers(kb):
                 np.testing.assert_array_equal(val[j], want_val)
 
 
-def test_best_next_searches_frequent_clues_without_enumerating(tmp_path):
+@pytest.mark.parametrize("shards", [1, 3])
+def test_best_next_searches_frequent_clues_without_enumerating(tmp_path, shards):
     """A dense KB over a small vocabulary: clues occurring far more often than the short-list cut-off (32),
-    searched best-first, under flat, peaked and adversarial scores."""
+    searched best-first, under flat, peaked and adversarial scores; sharded, each later shard's search starts
+    from (and prunes against) the earlier shards' candidates."""
     rng = np.random.default_rng(5)
     docs = [(3 + rng.integers(0, 20, size=60) ** 2 // 20).tolist() for _ in range(200)]
     for backend in ("sa", "fm"):
-        index = build_index(docs, tmp_path / backend, eos_id=EOS, backend=backend, vocab_size=45, progress=False)
+        index = build_index(
+            docs, tmp_path / backend, eos_id=EOS, backend=backend, shards=shards, vocab_size=45, progress=False
+        )
         frequent = 0
         for _ in range(40):
             d = docs[rng.integers(len(docs))]
