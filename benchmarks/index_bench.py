@@ -258,6 +258,21 @@ def generate(corpus_dir: Path, n_docs: int) -> int:
     return int(sum(x.sum() for x in lens))
 
 
+def _commit() -> str:
+    """The code measured: HEAD, marked `+changes` when the working tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT.parent, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "gemkr_lab", "benchmarks/index_bench.py"],
+            cwd=ROOT.parent,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return "unknown"
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
+
+
 def run_child(mode: str, **kw) -> dict:
     argv = [sys.executable, __file__, "--child", mode]
     for k, v in kw.items():
@@ -276,6 +291,13 @@ def main() -> None:
     p.add_argument("--max-shard-tokens", type=int, default=0)
     p.add_argument("--name", default="index_bench")
     p.add_argument("--repeats", type=int, default=1, help="runs per size and backend, backends interleaved")
+    p.add_argument("--keep-index", action="store_true", help="keep each built index (and its build figures)")
+    p.add_argument(
+        "--reuse-index",
+        action="store_true",
+        help="time the queries on an index a --keep-index run left in --work (its recorded build figures and "
+        "commit are reported) instead of building it again",
+    )
     p.add_argument("--child", choices=["build", "query"])
     p.add_argument("--corpus-dir", type=Path)
     p.add_argument("--index-dir", type=Path)
@@ -301,13 +323,20 @@ def main() -> None:
         # repeats interleave the backends (sa, fm, sa, fm, ...): machine load drifts alike over both
         for rep, backend in ((r, b) for r in range(args.repeats) for b in args.backends):
             index_dir = args.work / f"index-{backend}-{n_docs}"
-            b = run_child(
-                "build",
-                corpus_dir=corpus_dir,
-                index_dir=index_dir,
-                backend=backend,
-                max_shard_tokens=args.max_shard_tokens,
-            )
+            record = args.work / f"index-{backend}-{n_docs}.build.json"  # a kept index's build figures
+            if args.reuse_index and index_dir.is_dir() and record.is_file():
+                b = json.loads(record.read_text())
+                print(f"reusing {index_dir}: built at commit {b['commit']} on {b['built_on']}", flush=True)
+            else:
+                b = run_child(
+                    "build",
+                    corpus_dir=corpus_dir,
+                    index_dir=index_dir,
+                    backend=backend,
+                    max_shard_tokens=args.max_shard_tokens,
+                )
+                b.update(commit=_commit(), built_on=time.strftime("%Y-%m-%d %H:%M"))
+                record.write_text(json.dumps(b))
             disk = sum(f.stat().st_size for f in index_dir.rglob("*") if f.is_file())
             row = {
                 "docs": n_docs,
@@ -324,12 +353,15 @@ def main() -> None:
                 ),
                 "disk_bytes": disk,
                 "disk_bytes_per_token": round(disk / n_tokens, 3),
+                "built_at_commit": b["commit"],
             }
             print(json.dumps(row), flush=True)
             row.update(run_child("query", corpus_dir=corpus_dir, index_dir=index_dir, backend=backend))
             print(json.dumps({k: v for k, v in row.items() if not k.endswith("_queries")}), flush=True)
             runs.append(row)
-            shutil.rmtree(index_dir, ignore_errors=True)
+            if not args.keep_index:
+                shutil.rmtree(index_dir, ignore_errors=True)
+                record.unlink(missing_ok=True)
     rows = [
         aggregate([r for r in runs if (r["docs"], r["backend"]) == key])
         for key in dict.fromkeys((r["docs"], r["backend"]) for r in runs)
@@ -390,6 +422,7 @@ def write_results(
             "python": platform.python_version(),
             "numpy": np.__version__,
             "date": time.strftime("%Y-%m-%d"),
+            "commit": _commit(),
         }
         try:
             import numba
