@@ -68,8 +68,10 @@ def test_a_killed_and_resumed_run_keeps_one_wandb_history(tmp_path, tiny_world):
     cmd = [sys.executable, "-m", "gemkr_lab.cli", "train", "tiny-cpu/full", *overrides, "--root", str(tmp_path)]
     run = run_dir(tmp_path, with_seed(load_experiment("tiny-cpu/full", overrides), 0))
     env = {**os.environ, "WANDB_MODE": "offline"}
-    _attempt(tmp_path / "launcher", [1])  # W&B used in the launching process: the trainers inherit its service
-    env["WANDB_SERVICE"] = os.environ["WANDB_SERVICE"]  # (they must not use it: it would keep a killed run open)
+    # W&B used in the launching process: the trainers inherit its service (and must not use it: it would keep a
+    # killed run open, and the resumed attempt would fail with "run ID ... is in use")
+    _attempt(tmp_path / "launcher", [1], in_process=True)
+    env["WANDB_SERVICE"] = os.environ["WANDB_SERVICE"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     deadline = time.time() + 300
     while time.time() < deadline and not (run / "checkpoints" / "last.ckpt").exists():
@@ -99,13 +101,29 @@ def test_a_killed_and_resumed_run_keeps_one_wandb_history(tmp_path, tiny_world):
     )
 
 
-def _attempt(tmp_path, steps):
-    from gemkr_lab.tracking.wandb_run import make_logger
+_ATTEMPT = """
+import sys
+from pathlib import Path
+from gemkr_lab.tracking.wandb_run import make_logger
+logger = make_logger(Path(sys.argv[1]), "abcd1234", project="p", group="g", name="n", tags=[], config={})
+for step in map(int, sys.argv[2:]):
+    logger.log_metrics({"train/loss": float(step)}, step=step)
+logger.experiment.finish()
+"""
 
-    logger = make_logger(tmp_path, "abcd1234", project="p", group="g", name="n", tags=[], config={})
-    for step in steps:
-        logger.log_metrics({"train/loss": float(step)}, step=step)
-    logger.experiment.finish()
+
+def _attempt(tmp_path, steps, in_process=False):
+    """One attempt's W&B run (id abcd1234) logging `steps`; in a process of its own, as a trainer's."""
+    if in_process:
+        from gemkr_lab.tracking.wandb_run import make_logger
+
+        logger = make_logger(tmp_path, "abcd1234", project="p", group="g", name="n", tags=[], config={})
+        for step in steps:
+            logger.log_metrics({"train/loss": float(step)}, step=step)
+        logger.experiment.finish()
+    else:
+        cmd = [sys.executable, "-c", _ATTEMPT, str(tmp_path), *map(str, steps)]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline"})
     return offline_attempts(tmp_path / "wandb", "abcd1234")[-1]
 
 
