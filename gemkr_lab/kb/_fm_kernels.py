@@ -233,30 +233,41 @@ def extract_doc(bits, ranks, Z, start_of, C, eos, row, out):
 
 
 @nb.njit(cache=True)
-def bwt_from_sa(R, SA, out):
-    """`out[0] = R[n-1]` (the empty suffix's row), `out[1 + j] = R[SA[j] - 1]` or the sentinel 0."""
+def bwt_in_place(R, buf):
+    """The BWT of `R`, written over its suffix array.
+
+    `out[0] = R[n-1]` (the empty suffix's row), `out[1 + j] = R[SA[j] - 1]` or the sentinel 0.
+    `buf[:n]` (int32) holds the suffix array `SA`; `out` is the first `n + 1` symbols of `buf`'s bytes, viewed
+    as `R`'s dtype (`buf` has at least `n + 1` entries). Symbol `j + 1` ends within entry `j + 1`, so that entry
+    is read before it is written.
+    """
     n = R.shape[0]
-    out[0] = R[n - 1]
+    out = buf.view(R.dtype)
+    ahead = buf[0]
     for j in range(n):
-        p = SA[j]
+        p = ahead
+        if j + 1 < n:
+            ahead = buf[j + 1]
         out[j + 1] = R[p - 1] if p > 0 else 0
+    out[0] = R[n - 1]
 
 
 @nb.njit(cache=True)
-def eos_rows_to_docs(SA, C, eos, eos_pos, out):
+def eos_rows_to_docs(SA, C, eos, doc_starts, out):
     """For the rows of suffixes starting with EOS, the document that EOS terminates.
 
-    `eos_pos[d]` is the text position of document d's EOS; the reversed text puts it at `n - 1 - pos`.
+    Document d's EOS is at text position `doc_starts[d + 1] - 1`; the reversed text puts it at `n - 1 - pos`.
     """
     n = SA.shape[0]
     e0 = C[eos]
+    n_docs = doc_starts.shape[0] - 1
     for r in range(C[eos], C[eos + 1]):
         t = n - 1 - np.int64(SA[r - 1])
         lo = 0
-        hi = eos_pos.shape[0]
+        hi = n_docs
         while lo < hi:
             m = (lo + hi) >> 1
-            if eos_pos[m] < t:
+            if doc_starts[m + 1] - 1 < t:
                 lo = m + 1
             else:
                 hi = m

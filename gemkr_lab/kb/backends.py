@@ -13,8 +13,8 @@ import numpy as np
 
 from gemkr_lab.kb import _fm_kernels as fmk
 from gemkr_lab.kb import _sa_kernels as sak
-from gemkr_lab.kb.storage import load_array, save_array
-from gemkr_lab.kb.suffix_array import scratch_after, suffix_array
+from gemkr_lab.kb.storage import load_array, save_array, save_array_parts
+from gemkr_lab.kb.suffix_array import sort_buffer, suffix_array
 
 #: Returns a shard's symbol text, freshly read: a backend owns it and may free it (or modify it) early.
 TextReader = Callable[[], np.ndarray]
@@ -72,7 +72,7 @@ class SuffixArrayShard(Shard):
     def build(read_text: TextReader, doc_starts: np.ndarray, eos: int, sigma: int, out: Path) -> dict[str, Any]:
         """Write a shard's files to `out`; return the file table.
 
-        Peak memory is the text plus the sort's int32 byte-level buffer: about 10 B/token (uint16).
+        Peak memory is the text plus the sort's int32 suffix array: about 6 B/token (uint16).
         """
         text = read_text()
         files = {
@@ -84,7 +84,7 @@ class SuffixArrayShard(Shard):
         sa = suffix_array(text)
         files["sa"] = save_array(out, "sa", sa)
         del sa, text
-        # re-read through the page cache: the 8 B/token construction buffer is gone before the next step
+        # re-read through the page cache: the in-memory text and suffix array are gone before the next step
         arrays = {k: load_array(out, v, verify=False) for k, v in files.items()}
         ptr, sym = sak.bigram_table(arrays["text"], arrays["sa"], arrays["C"], arrays["text"][:0])
         files["bigram_ptr"] = save_array(out, "bigram_ptr", ptr)
@@ -154,38 +154,46 @@ class FMShard(Shard):
     def build(read_text: TextReader, doc_starts: np.ndarray, eos: int, sigma: int, out: Path) -> dict[str, Any]:
         """Write a shard's files to `out`; return the file table.
 
-        Peak memory is reached while sorting: the reversed text and the sort's int32 byte-level buffer
-        (about 10 B/token for uint16 symbols). The BWT is written into the unused half of that buffer and
-        the matrix is built after the text and the suffix array are freed.
+        Peak memory is about 6 B/token (uint16 symbols), while sorting: the reversed text and the int32
+        suffix array. The BWT then replaces the suffix array in place, the matrix's levels partition it
+        within the same buffer and go to disk one by one, and the finished matrix is read back mapped.
         """
         reversed_text = read_text()[::-1].copy()
         dtype = reversed_text.dtype
         n = reversed_text.shape[0]
-        sa = suffix_array(reversed_text)
-        scratch = scratch_after(sa, (n + 1) * dtype.itemsize)
-        bwt = np.empty(n + 1, dtype=dtype) if scratch is None else scratch.view(dtype)
-        fmk.bwt_from_sa(reversed_text, sa, bwt)
-        del reversed_text
-        C = symbol_counts_to_C(sak.symbol_counts(bwt, sigma))
+        counts = sak.symbol_counts(reversed_text, sigma)
+        counts[0] += 1  # the BWT holds the text's symbols and one sentinel
+        C = symbol_counts_to_C(counts)
         eos_doc = np.empty(doc_starts.shape[0] - 1, dtype=np.uint32)
-        fmk.eos_rows_to_docs(sa, C, eos, doc_starts[1:] - 1, eos_doc)
-        bwt = bwt.copy()  # out of the sort buffer, which is freed next
-        del sa, scratch
-        nlev = max(int(sigma).bit_length(), 1)
+        buf = sort_buffer(reversed_text, spare=1)  # int32: the suffix array, then the BWT in its place
+        fmk.eos_rows_to_docs(buf[:n], C, eos, doc_starts, eos_doc)
+        fmk.bwt_in_place(reversed_text, buf)
+        del reversed_text
         n_rows = n + 1
+        raw = buf.view(np.uint8)
+        width = n_rows * dtype.itemsize
+        bwt = raw[:width].view(dtype)
+        # the partition's other level: the buffer's second half (uint16), else a new array
+        other = raw[width : 2 * width].view(dtype) if raw.shape[0] >= 2 * width else np.empty_like(bwt)
+        nlev = max(int(sigma).bit_length(), 1)
         n_words = (n_rows + 63) // 64
-        bits = np.empty((nlev, n_words), dtype=np.uint64)
         ranks = np.empty((nlev, n_words // 4 + 1), dtype=np.uint32)
         zeros = np.empty(nlev, dtype=np.int64)
-        cur, nxt = bwt, np.empty_like(bwt)
-        for lvl in range(nlev):
-            zeros[lvl] = fmk.wavelet_level(cur, nxt, nlev - 1 - lvl, bits[lvl], ranks[lvl])
-            cur, nxt = nxt, cur
-        del cur, nxt, bwt
+
+        def levels(cur, nxt):
+            words = np.empty(n_words, dtype=np.uint64)
+            for lvl in range(nlev):
+                zeros[lvl] = fmk.wavelet_level(cur, nxt, nlev - 1 - lvl, words, ranks[lvl])
+                cur, nxt = nxt, cur
+                yield words
+
+        files = {"wm_bits": save_array_parts(out, "wm_bits", np.uint64, (nlev, n_words), levels(bwt, other))}
+        del bwt, other, raw, buf
+        bits = load_array(out, files["wm_bits"], verify=False)
         start_of = fmk.symbol_starts(bits, ranks, zeros, sigma)
         ptr, sym = fmk.bigram_table(bits, ranks, zeros, C, np.empty(0, dtype=dtype))
-        return {
-            "wm_bits": save_array(out, "wm_bits", bits),
+        del bits
+        return files | {
             "wm_ranks": save_array(out, "wm_ranks", ranks),
             "wm_zeros": save_array(out, "wm_zeros", zeros),
             "start_of": save_array(out, "start_of", start_of),

@@ -5,6 +5,8 @@ is never held in memory as Python objects; each shard is then read back and buil
 peak memory by the largest shard, not the KB.
 """
 
+import contextlib
+import ctypes
 import hashlib
 import itertools
 import platform
@@ -52,7 +54,11 @@ def symbol_dtype(vocab_size: int) -> np.dtype:
 
 
 def default_shard_tokens(dtype: np.dtype) -> int:
-    """Largest shard the int32 path of libdivsufsort sorts (about 1.07 B uint16 or 0.54 B uint32 tokens)."""
+    """Default shard cap: 2**31 - 1 bytes of symbols (about 1.07 B uint16 or 0.54 B uint32 tokens).
+
+    Well within the int32 suffix array's reach; kept at the byte-level sort's old limit so that a corpus cuts
+    into the same shards as before.
+    """
     return INT32_BYTES_LIMIT // dtype.itemsize
 
 
@@ -109,18 +115,22 @@ def build_index(
         if doc_ids is not None and len(doc_ids) != stream["n_docs"]:
             raise ValueError(f"doc_ids has {len(doc_ids)} entries for {stream['n_docs']} documents")
         cap = max_shard_tokens or default_shard_tokens(dtype)
-        bounds = _shard_bounds(stream["lengths"], shards, cap)
+        bounds = _shard_bounds(stream.pop("lengths"), shards, cap)
+        offsets = stream.pop("offsets")
+        _release_free_heap()  # the streaming's temporaries, before the shards' builds reach their peaks
         shard_meta = []
         for k, (d0, d1) in enumerate(
             tqdm(bounds, desc=f"index shards ({backend})", disable=_quiet(progress), unit="shard")
         ):
             shard_dir = staging / f"shard-{k:03d}"
             shard_dir.mkdir()
-            starts = np.concatenate([[0], np.cumsum(stream["lengths"][d0:d1] + 1)]).astype(np.int64)
+            starts = offsets[d0 : d1 + 1]  # the shard's document starts: a view for the first shard
+            if d0:
+                starts = starts - starts[0]
 
             # a reader, not an array: the backend then holds the only reference and frees the text early;
             # read (not mapped) so that file pages do not count twice in the peak
-            def read_text(s0=int(stream["offsets"][d0]), count=int(starts[-1])) -> np.ndarray:
+            def read_text(s0=int(offsets[d0]), count=int(starts[-1])) -> np.ndarray:
                 return np.fromfile(stream["path"], dtype=dtype, count=count, offset=s0 * dtype.itemsize)
 
             files = BACKENDS[backend].build(read_text, starts, eos_id + 1, vocab, shard_dir)
@@ -301,6 +311,16 @@ def _check_shard(directory: Path, backend: str, s: dict[str, Any], vocab: int, e
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
+
+
+def _release_free_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc's `malloc_trim`; a no-op elsewhere).
+
+    glibc serves blocks below its mmap threshold (which grows to 32 MB as large blocks are freed) from its
+    heap and keeps them once freed: the streamed batches' tens of MB would stay resident through the sort.
+    """
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _quiet(progress: bool | None) -> bool | None:

@@ -7,6 +7,7 @@ file, `meta.json` last, is written.
 
 import json
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,12 +62,37 @@ def save_array(directory: Path, name: str, array: np.ndarray) -> dict[str, Any]:
     """Write `array` as `<name>.npy` in `directory`; return its entry for the metadata's file table."""
     path = directory / f"{name}.npy"
     np.save(path, np.ascontiguousarray(array), allow_pickle=False)
+    return _entry(path, array.dtype, array.shape)
+
+
+def save_array_parts(
+    directory: Path, name: str, dtype: np.dtype, shape: tuple[int, ...], parts: Iterable[np.ndarray]
+) -> dict[str, Any]:
+    """Like `save_array` (the same bytes), for an array that arrives in consecutive parts (C order).
+
+    The whole array is never held in memory: each part is written as it comes.
+    """
+    dtype = np.dtype(dtype)
+    path = directory / f"{name}.npy"
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        start = fh.tell()
+        for part in parts:
+            np.ascontiguousarray(part, dtype=dtype).tofile(fh)
+        written = fh.tell() - start
+    if written != dtype.itemsize * int(np.prod(shape)):
+        raise ValueError(f"{path}: {written} bytes of data for {dtype}{list(shape)}")
+    return _entry(path, dtype, shape)
+
+
+def _entry(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> dict[str, Any]:
     return {
         "file": path.name,
         "bytes": path.stat().st_size,
         "crc32": file_crc32(path),
-        "dtype": str(array.dtype),
-        "shape": list(array.shape),
+        "dtype": str(dtype),
+        "shape": list(shape),
     }
 
 
