@@ -253,16 +253,15 @@ def bwt_in_place(R, buf):
 
 
 @nb.njit(cache=True)
-def eos_rows_to_docs(SA, C, eos, doc_starts, out):
-    """For the rows of suffixes starting with EOS, the document that EOS terminates.
+def eos_positions_to_docs(n, doc_starts, eos):
+    """In place: the reversed-text position of each EOS row's suffix becomes the document that EOS ends.
 
-    Document d's EOS is at text position `doc_starts[d + 1] - 1`; the reversed text puts it at `n - 1 - pos`.
+    Document d's EOS is at text position `doc_starts[d + 1] - 1`; the reversed text (`n` symbols) puts it at
+    `n - 1 - pos`.
     """
-    n = SA.shape[0]
-    e0 = C[eos]
     n_docs = doc_starts.shape[0] - 1
-    for r in range(C[eos], C[eos + 1]):
-        t = n - 1 - np.int64(SA[r - 1])
+    for i in range(eos.shape[0]):
+        t = n - 1 - np.int64(eos[i])
         lo = 0
         hi = n_docs
         while lo < hi:
@@ -271,7 +270,7 @@ def eos_rows_to_docs(SA, C, eos, doc_starts, out):
                 lo = m + 1
             else:
                 hi = m
-        out[r - e0] = lo
+        eos[i] = lo
 
 
 @nb.njit(cache=True)

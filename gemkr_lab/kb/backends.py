@@ -164,11 +164,12 @@ class FMShard(Shard):
         counts = sak.symbol_counts(reversed_text, sigma)
         counts[0] += 1  # the BWT holds the text's symbols and one sentinel
         C = symbol_counts_to_C(counts)
-        eos_doc = np.empty(doc_starts.shape[0] - 1, dtype=np.uint32)
         buf = sort_buffer(reversed_text, spare=1)  # int32: the suffix array, then the BWT in its place
-        fmk.eos_rows_to_docs(buf[:n], C, eos, doc_starts, eos_doc)
+        # the positions of the rows that start with EOS (documents once the text is gone); rows are 1 + entries
+        eos_doc = buf[C[eos] - 1 : C[eos + 1] - 1].view(np.uint32).copy()
         fmk.bwt_in_place(reversed_text, buf)
         del reversed_text
+        fmk.eos_positions_to_docs(n, doc_starts, eos_doc)
         n_rows = n + 1
         raw = buf.view(np.uint8)
         width = n_rows * dtype.itemsize

@@ -116,7 +116,10 @@ def build_index(
             raise ValueError(f"doc_ids has {len(doc_ids)} entries for {stream['n_docs']} documents")
         cap = max_shard_tokens or default_shard_tokens(dtype)
         bounds = _shard_bounds(stream.pop("lengths"), shards, cap)
-        offsets = stream.pop("offsets")
+        # the document starts, mapped from a file: pages a backend reads after its peak do not count in it
+        offsets_path = staging / "offsets.tmp"
+        stream.pop("offsets").tofile(offsets_path)
+        offsets = np.memmap(offsets_path, dtype=np.int64, mode="r").view(np.ndarray)
         _release_free_heap()  # the streaming's temporaries, before the shards' builds reach their peaks
         shard_meta = []
         for k, (d0, d1) in enumerate(
@@ -143,7 +146,9 @@ def build_index(
                     "files": files,
                 }
             )
+        del offsets, starts
         Path(stream["path"]).unlink()
+        offsets_path.unlink()
         bigram = _merged_bigrams(staging, backend, shard_meta) if len(shard_meta) > 1 else None
         meta: dict[str, Any] = {
             "format": FORMAT_NAME,
