@@ -133,6 +133,23 @@ def bigram_table(T, SA, C, dtype_probe):
 
 
 @nb.njit(cache=True)
+def bigram_rows(T, SA, C, c0, c1, dtype_probe):
+    """`bigram_table` for the symbols `c0 <= c < c1` only: their CSR pointers (from 0) and followers."""
+    ptr = np.zeros(c1 - c0 + 1, dtype=np.int64)
+    none = np.empty(0, dtype=np.int64)
+    k = 0
+    for c in range(c0, c1):
+        if c > 0 and C[c + 1] > C[c]:
+            k = followers(T, SA, C[c], C[c + 1], 1, none, none, k, 0)
+        ptr[c - c0 + 1] = k
+    sym = np.empty(k, dtype=dtype_probe.dtype)
+    for c in range(max(c0, 1), c1):
+        if C[c + 1] > C[c]:
+            followers(T, SA, C[c], C[c + 1], 1, sym, none, ptr[c - c0], 1)
+    return ptr, sym
+
+
+@nb.njit(cache=True)
 def compact_even(sa_bytes, width):
     """In place: keep the byte-suffix positions that start a symbol of `width` bytes, as symbol positions.
 

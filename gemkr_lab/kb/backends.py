@@ -5,6 +5,9 @@ document, and answer the same row-range questions. `KBIndex` turns token ids int
 and applies the clue semantics; a backend knows nothing about tokenizers, shards or decoding.
 """
 
+import contextlib
+import ctypes
+import mmap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -72,23 +75,23 @@ class SuffixArrayShard(Shard):
     def build(read_text: TextReader, doc_starts: np.ndarray, eos: int, sigma: int, out: Path) -> dict[str, Any]:
         """Write a shard's files to `out`; return the file table.
 
-        Peak memory is the text plus the sort's int32 suffix array: about 6 B/token (uint16).
+        Peak memory is the text plus the sort's int32 suffix array: about 6 B/token (uint16). The follower
+        table then reads both back mapped, dropping the suffix array's pages as it passes them.
         """
         text = read_text()
-        files = {
-            "text": save_array(out, "text", text),
-            "doc_starts": save_array(out, "doc_starts", doc_starts),
-        }
+        files: dict[str, Any] = {"text": save_array(out, "text", text), "doc_starts": None}
         counts = sak.symbol_counts(text, sigma)
         files["C"] = save_array(out, "C", symbol_counts_to_C(counts))
         sa = suffix_array(text)
         files["sa"] = save_array(out, "sa", sa)
         del sa, text
         # re-read through the page cache: the in-memory text and suffix array are gone before the next step
-        arrays = {k: load_array(out, v, verify=False) for k, v in files.items()}
-        ptr, sym = sak.bigram_table(arrays["text"], arrays["sa"], arrays["C"], arrays["text"][:0])
+        arrays = {k: load_array(out, files[k], verify=False) for k in ("text", "C", "sa")}
+        ptr, sym = _sa_bigram_table(arrays["text"], arrays["sa"], arrays["C"])
+        del arrays
         files["bigram_ptr"] = save_array(out, "bigram_ptr", ptr)
         files["bigram_sym"] = save_array(out, "bigram_sym", sym)
+        files["doc_starts"] = save_array(out, "doc_starts", doc_starts)  # last: its pages stay off the peak
         return files
 
     def advance(self, lo, hi, depth, sym):
@@ -130,6 +133,38 @@ class SuffixArrayShard(Shard):
     def doc_symbols(self, doc: int) -> np.ndarray:
         """A document's symbols, its EOS excluded."""
         return np.asarray(self.T[self.doc_starts[doc] : self.doc_starts[doc + 1] - 1])
+
+
+def _sa_bigram_table(T: np.ndarray, SA: np.ndarray, C: np.ndarray, parts: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """`sak.bigram_table` in about `parts` slices of rows, each slice's mapped suffix-array pages dropped once read.
+
+    The slices' rows are consecutive, so at most one slice of the (mapped) suffix array is resident at a time.
+    """
+    sigma = C.shape[0] - 2
+    step = max(SA.shape[0] // parts, 1)
+    ptr = np.zeros(sigma + 2, dtype=np.int64)
+    chunks = []
+    total = 0
+    c0 = 0
+    while c0 <= sigma:
+        c1 = min(max(int(np.searchsorted(C, C[c0] + step, side="right")) - 1, c0 + 1), sigma + 1)
+        part_ptr, part_sym = sak.bigram_rows(T, SA, C, c0, c1, T[:0])
+        ptr[c0 + 1 : c1 + 1] = total + part_ptr[1:]
+        total += part_sym.shape[0]
+        chunks.append(part_sym)
+        _drop_pages(SA[C[c0] : C[c1]])
+        c0 = c1
+    return ptr, np.concatenate(chunks)
+
+
+def _drop_pages(arr: np.ndarray) -> None:
+    """Unmap the whole pages of a memory-mapped array's range (they stay in the page cache; a no-op elsewhere)."""
+    page = mmap.PAGESIZE
+    start = -(-arr.ctypes.data // page) * page
+    end = (arr.ctypes.data + arr.nbytes) // page * page
+    if end > start:
+        with contextlib.suppress(OSError, AttributeError, TypeError):
+            ctypes.CDLL(None).madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # MADV_DONTNEED
 
 
 class FMShard(Shard):
