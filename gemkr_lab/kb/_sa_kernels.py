@@ -112,29 +112,11 @@ def check_batch(T, SA, lo, hi, depth, cand, out):
 
 
 @nb.njit(cache=True)
-def bigram_table(T, SA, C, dtype_probe):
-    """Distinct followers of every single symbol, as CSR over symbols (the depth-1 cache).
-
-    Two passes (count, then fill) keep the extra memory at the table's exact size.
-    """
-    sigma = C.shape[0] - 2
-    ptr = np.zeros(sigma + 2, dtype=np.int64)
-    none = np.empty(0, dtype=np.int64)
-    k = 0
-    for c in range(0, sigma + 1):
-        if c > 0 and C[c + 1] > C[c]:
-            k = followers(T, SA, C[c], C[c + 1], 1, none, none, k, 0)
-        ptr[c + 1] = k
-    sym = np.empty(k, dtype=dtype_probe.dtype)
-    for c in range(1, sigma + 1):
-        if C[c + 1] > C[c]:
-            followers(T, SA, C[c], C[c + 1], 1, sym, none, ptr[c], 1)
-    return ptr, sym
-
-
-@nb.njit(cache=True)
 def bigram_rows(T, SA, C, c0, c1, dtype_probe):
-    """`bigram_table` for the symbols `c0 <= c < c1` only: their CSR pointers (from 0) and followers."""
+    """Distinct followers of each symbol `c0 <= c < c1` (depth-1 cache rows): CSR pointers (from 0), followers.
+
+    Two passes (count, then fill) keep the extra memory at the rows' exact size.
+    """
     ptr = np.zeros(c1 - c0 + 1, dtype=np.int64)
     none = np.empty(0, dtype=np.int64)
     k = 0

@@ -136,9 +136,10 @@ class SuffixArrayShard(Shard):
 
 
 def _sa_bigram_table(T: np.ndarray, SA: np.ndarray, C: np.ndarray, parts: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """`sak.bigram_table` in about `parts` slices of rows, each slice's mapped suffix-array pages dropped once read.
+    """The depth-1 cache (`sak.bigram_rows` of every symbol), built in about `parts` slices of rows.
 
-    The slices' rows are consecutive, so at most one slice of the (mapped) suffix array is resident at a time.
+    Each slice's mapped suffix-array pages are dropped once read. The slices' rows are consecutive, so at most
+    one slice of the (mapped) suffix array is resident at a time.
     """
     sigma = C.shape[0] - 2
     step = max(SA.shape[0] // parts, 1)

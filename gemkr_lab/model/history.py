@@ -48,7 +48,7 @@ class TrainingHistory(Callback):
         if not losses or (step % every and step != trainer.max_steps):
             return
         lr = float(trainer.optimizers[0].param_groups[0]["lr"])
-        point = {"train/loss": sum(losses) / len(losses), "train/lr": lr}
+        point = {"train/loss": sum(float(x) for x in losses) / len(losses), "train/lr": lr}
         self.points.append((step, point))
         if trainer.is_global_zero:
             for logger in trainer.loggers:

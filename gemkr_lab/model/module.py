@@ -42,7 +42,9 @@ class GeMKRModule(L.LightningModule):
         self.model_config, self.train_config = model_config, train_config
         self.model = GeMKR(model_config, vocab_size)
         self.strict_loading = False  # checkpoints hold the trainable parameters only
-        self.step_losses: list[float] = []  # the global loss of each micro-batch since the last optimizer step
+        # the global loss of each micro-batch since the last optimizer step, left on the device: read (a host
+        # sync) only when `TrainingHistory` makes a point, not at every micro-batch
+        self.step_losses: list[torch.Tensor] = []
 
     def on_fit_start(self) -> None:
         """Print what is trained, per component."""
@@ -64,7 +66,7 @@ class GeMKRModule(L.LightningModule):
         tokens = strategy.reduce(count.detach().to(total.dtype).clone(), reduce_op="sum")  # all ranks' tokens
         loss = total * world / tokens
         mean = strategy.reduce(total.detach().clone(), reduce_op="sum") / tokens
-        self.step_losses.append(float(mean))
+        self.step_losses.append(mean)
         self.log("train/loss", mean, prog_bar=True, logger=False, batch_size=batch.images.shape[0])
         return loss
 
