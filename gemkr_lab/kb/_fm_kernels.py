@@ -325,12 +325,6 @@ def search(bits, ranks, Z, start_of, C, lo, hi, pattern):
 # ---- decoding: the best-scored followers -----------------------------------------------------------
 
 
-BIGRAM_MASK_SHARE = 2
-"""A frequent clue's best-first search scores only its last token's followers (its bigram row) when that row
-holds at most 1 / BIGRAM_MASK_SHARE of the vocabulary: a tighter key, fewer nodes when the model's best tokens
-cannot follow (in the reversed-text index a clue's rows all start with its last token: `C` names it)."""
-
-
 @nb.njit(cache=True)
 def best_next(
     bits,
@@ -350,6 +344,9 @@ def best_next(
     score_row,
     out_tok,
     out_val,
+    keys,
+    trees,
+    keyed,
 ):
     """Per beam, the `out_tok.shape[1]` best-scored tokens allowed after its clue (see `_select_kernels`).
 
@@ -357,14 +354,16 @@ def best_next(
     (`first_sym[j]`'s, scanned by score blocks); deeper clues occurring at most `FEW` times: their followers,
     listed; more frequent ones: best-first over the wavelet matrix, where a node is a level, a
     symbol prefix and its row range, keyed by the best score under the prefix (among the clue's last
-    token's followers, `BIGRAM_MASK_SHARE`). With `deep_only` (a shard after the first of a sharded KB),
+    token's followers, `sel.BIGRAM_MASK_SHARE`). With `deep_only` (a shard after the first of a sharded KB),
     clues of depth 0 and 1 are left to the first shard, and each beam extends the candidates the earlier
     shards left in `out_tok` (a token found again is kept once), pruning against them from the start.
+
+    `keys[j]` / `trees[j]` hold beam j's search keys and their summary once `keyed[j]` is set, kept across the
+    shards of one call: made once per beam, and a later shard drops the tokens already found from them.
     """
     nlev = bits.shape[0]
     need = out_tok.shape[1]
     lb = sel.summary_levels(nlev)
-    tree = np.empty(2 << lb, dtype=np.float32)
     block_best = np.empty((scores.shape[1] + 63) >> 6, dtype=np.float32)
     hkey = np.empty(1024, dtype=np.float32)
     hid = np.empty(1024, dtype=np.int64)
@@ -373,8 +372,6 @@ def best_next(
     node_a = np.empty(1024, dtype=np.int64)
     node_b = np.empty(1024, dtype=np.int64)
     few = np.empty(sel.FEW, dtype=np.int64)
-    width = scores.shape[1]
-    masked = np.empty((1, width), dtype=np.float32)
     for j in range(lo.shape[0]):
         found = sel.carried(out_tok, j) if deep_only else 0  # a later shard starts from the earlier shards' best
         row = score_row[j]
@@ -393,19 +390,14 @@ def best_next(
             for i in range(range_symbols(bits, ranks, Z, lo[j], hi[j], few, few, 0, 1)):
                 found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, few[i], deep_only)
         elif lo[j] < hi[j]:
-            # the clue's followers follow its last token: score only that token's bigram row
-            c = np.searchsorted(C, lo[j], side="right") - 1
-            src = scores
-            srow = row
-            if bigram_ptr[c + 1] - bigram_ptr[c] <= width // BIGRAM_MASK_SHARE:
-                masked[0, :] = sel.NEG_INF
-                for i in range(bigram_ptr[c], bigram_ptr[c + 1]):
-                    t = np.int64(bigram_sym[i]) - 1
-                    if t < width:
-                        masked[0, t] = scores[row, t]
-                src = masked
-                srow = 0
-            sel.summarize(src, srow, nlev, tree)
+            tree = trees[j]
+            if not keyed[j]:
+                # the clue's followers follow its last token: key by that token's bigram row
+                c = np.searchsorted(C, lo[j], side="right") - 1
+                sel.key_row(scores, row, bigram_sym, bigram_ptr[c], bigram_ptr[c + 1], sel.BIGRAM_MASK_SHARE, keys, j)
+                sel.summarize(keys, j, nlev, tree)
+                keyed[j] = True
+            sel.exclude(keys, j, tree, nlev, out_tok, found)
             size = 0
             nodes = 0
             if tree[1] > sel.NEG_INF:
@@ -435,7 +427,7 @@ def best_next(
                     if lvl + 1 == nlev:
                         found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, cv, deep_only)
                         continue
-                    best = sel.node_best(src, srow, tree, nlev, lb, lvl + 1, cv)
+                    best = sel.node_best(keys, j, tree, nlev, lb, lvl + 1, cv)
                     if best == sel.NEG_INF or (found == need and best < out_val[j, need - 1]):
                         continue
                     node_l[nodes], node_v[nodes], node_a[nodes], node_b[nodes] = lvl + 1, cv, ca, cb

@@ -220,6 +220,9 @@ def best_next(
     score_row,
     out_tok,
     out_val,
+    keys,
+    trees,
+    keyed,
 ):
     """Per beam, the `out_tok.shape[1]` best-scored tokens allowed after its clue (see `_select_kernels`).
 
@@ -230,10 +233,10 @@ def best_next(
     middle symbol), keyed by the best score in the interval. With `deep_only` (a shard after the first of a
     sharded KB), clues of depth 0 and 1 are left to the first shard, and each beam extends the candidates the
     earlier shards left in `out_tok` (a token found again is kept once), pruning against them from the start.
+    Keys are the scores of the clue's last token's followers (`keys`, `trees`, `keyed` as in the FM kernel).
     """
     need = out_tok.shape[1]
     lb = sel.summary_levels(nlev)
-    tree = np.empty(2 << lb, dtype=np.float32)
     block_best = np.empty((scores.shape[1] + 63) >> 6, dtype=np.float32)
     hkey = np.empty(1024, dtype=np.float32)
     hid = np.empty(1024, dtype=np.int64)
@@ -261,7 +264,13 @@ def best_next(
                 found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, few[i], deep_only)
         elif lo[j] < hi[j]:
             d = depth[j]
-            sel.summarize(scores, row, nlev, tree)
+            tree = trees[j]
+            if not keyed[j]:
+                c = _sym(T, SA, lo[j], d - 1)  # the clue's last token: its followers hold the clue's
+                sel.key_row(scores, row, bigram_sym, bigram_ptr[c], bigram_ptr[c + 1], sel.BIGRAM_MASK_SHARE, keys, j)
+                sel.summarize(keys, j, nlev, tree)
+                keyed[j] = True
+            sel.exclude(keys, j, tree, nlev, out_tok, found)
             size = 0
             nodes = 0
             if tree[1] > sel.NEG_INF:
@@ -298,7 +307,7 @@ def best_next(
                     if lvl + 1 == nlev:
                         found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, cv, deep_only)
                         continue
-                    best = sel.node_best(scores, row, tree, nlev, lb, lvl + 1, cv)
+                    best = sel.node_best(keys, j, tree, nlev, lb, lvl + 1, cv)
                     if best == sel.NEG_INF or (found == need and best < out_val[j, need - 1]):
                         continue
                     node_l[nodes], node_v[nodes], node_a[nodes], node_b[nodes] = lvl + 1, cv, ca, cb

@@ -24,6 +24,11 @@ NEG_INF = np.float32(-np.inf)
 FEW = 32
 """Clues occurring at most this many times list their followers instead of searching best-first."""
 
+BIGRAM_MASK_SHARE = 2
+"""A frequent clue's best-first search scores only its last token's followers (its bigram row) when that row
+holds at most 1 / BIGRAM_MASK_SHARE of the vocabulary: a tighter key, fewer nodes when the model's best tokens
+cannot follow (every follower of a clue follows its last token)."""
+
 BLOCK_BITS = 6
 """Symbols per summarised block: `2**BLOCK_BITS`; below the block level a node's best score is scanned."""
 
@@ -256,6 +261,51 @@ def summarize(scores, row, nlev, tree):
         a = tree[2 * i]
         b = tree[2 * i + 1]
         tree[i] = a if a >= b else b
+
+
+@nb.njit(cache=True)
+def key_row(scores, row, bigram_sym, start, end, mask_share, keys, j):
+    """Beam j's search keys `keys[j]`: its scores row, masked to the tokens `bigram_sym[start:end] - 1`.
+
+    The set is the followers of the clue's last token; it masks when it is at most `1 / mask_share` of the row
+    (a tighter key, fewer nodes), else the row is copied (so that `exclude` may drop tokens from it).
+    """
+    width = scores.shape[1]
+    if end - start <= width // mask_share:
+        keys[j, :] = NEG_INF
+        for i in range(start, end):
+            t = np.int64(bigram_sym[i]) - 1
+            if 0 <= t < width:
+                keys[j, t] = scores[row, t]
+    else:
+        keys[j, :] = scores[row, :]
+
+
+@nb.njit(cache=True)
+def exclude(keys, j, tree, nlev, out_tok, found):
+    """Drop beam j's first `found` candidates from its keys `keys[j]` and their summary `tree`.
+
+    A later shard of a sharded KB then searches only for tokens the earlier shards did not find: the paths to
+    the tokens it would merely find again (the best ones, when the shards hold alike text) are never walked.
+    """
+    width = keys.shape[1]
+    lb = summary_levels(nlev)
+    w = 1 << (nlev - lb)
+    first = 1 << lb
+    for i in range(found):
+        t = out_tok[j, i]
+        if t < 0 or t >= width or keys[j, t] == NEG_INF:
+            continue
+        keys[j, t] = NEG_INF
+        blk = (t + 1) >> (nlev - lb)  # token t is symbol t + 1
+        node = first + blk
+        tree[node] = best_in(keys, j, max(blk * w - 1, 0), min(blk * w + w - 1, width))
+        node >>= 1
+        while node >= 1:
+            a = tree[2 * node]
+            b = tree[2 * node + 1]
+            tree[node] = a if a >= b else b
+            node >>= 1
 
 
 @nb.njit(cache=True, inline="always")

@@ -51,6 +51,11 @@ class Shard:
         """Largest symbol the shard can hold."""
         return self.C.shape[0] - 2
 
+    @property
+    def levels(self) -> int:
+        """Bits of a symbol: the levels of the binary partition the best-first search walks."""
+        return max(int(self.sigma).bit_length(), 1)
+
     def followers_capacity(self, lo: np.ndarray, hi: np.ndarray) -> int:
         """An upper bound on the CSR size of `followers` for these ranges."""
         return int(np.minimum(np.maximum(hi - lo, 0), self.sigma + 1).sum())
@@ -112,11 +117,23 @@ class SuffixArrayShard(Shard):
         """Row range of a symbol pattern."""
         return sak.search(self.T, self.SA, 0, self.n_rows, pattern)
 
-    def best_next(self, lo, hi, depth, live, tables, deep_only, scores, score_row, out_tok, out_val):
+    def best_next(self, lo, hi, depth, live, tables, deep_only, scores, score_row, out_tok, out_val, search):
         """The best-scored allowed tokens of each state (see `KBIndex.best_next`)."""
-        nlev = max(int(self.sigma).bit_length(), 1)
         sak.best_next(
-            self.T, self.SA, nlev, lo, hi, depth, live, *tables, deep_only, scores, score_row, out_tok, out_val
+            self.T,
+            self.SA,
+            self.levels,
+            lo,
+            hi,
+            depth,
+            live,
+            *tables,
+            deep_only,
+            scores,
+            score_row,
+            out_tok,
+            out_val,
+            *search,
         )
 
     def check(self, lo, hi, depth, cand):
@@ -185,6 +202,11 @@ class FMShard(Shard):
         self.n_docs = n_docs
         self.n_tokens = self.n_rows - 1
         self._doc_row: np.ndarray | None = None
+
+    @property
+    def levels(self) -> int:
+        """The wavelet matrix's levels (bits of a symbol)."""
+        return self.bits.shape[0]
 
     @staticmethod
     def build(read_text: TextReader, doc_starts: np.ndarray, eos: int, sigma: int, out: Path) -> dict[str, Any]:
@@ -258,7 +280,7 @@ class FMShard(Shard):
         """Row range of a symbol pattern."""
         return fmk.search(self.bits, self.ranks, self.Z, self.start_of, self.C, 0, self.n_rows, pattern)
 
-    def best_next(self, lo, hi, depth, live, tables, deep_only, scores, score_row, out_tok, out_val):
+    def best_next(self, lo, hi, depth, live, tables, deep_only, scores, score_row, out_tok, out_val, search):
         """The best-scored allowed tokens of each state (see `KBIndex.best_next`)."""
         fmk.best_next(
             self.bits,
@@ -275,6 +297,7 @@ class FMShard(Shard):
             score_row,
             out_tok,
             out_val,
+            *search,
         )
 
     def check(self, lo, hi, depth, cand):

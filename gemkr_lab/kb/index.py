@@ -285,6 +285,14 @@ class KBIndex:
                 s = int(np.argmax(states.hi[j] > states.lo[j]))  # any shard where the one-token clue occurs
                 first_sym[j] = np.searchsorted(self.shards[s].C, states.lo[j, s], side="right") - 1
         tables = (first_sym, self._root_allowed, *self._bigram)
+        # a frequent deep clue's search keys (its scores row, masked) and their summary: made by the first shard
+        # that searches the beam best-first, shared by the later ones (which drop the tokens already found)
+        levels = max(shard.levels for shard in self.shards)
+        search = (
+            np.empty((b, scores.shape[1]), dtype=np.float32),
+            np.empty((b, 2 << sek.summary_levels(levels)), dtype=np.float32),
+            np.zeros(b, dtype=bool),
+        )
         # one list per beam through all shards: a later shard extends the earlier shards' best k (a token
         # allowed in several shards kept once), so its search prunes against them from its first node on
         # instead of finding its own k (a 3-shard KB would otherwise cost about three single-shard searches)
@@ -300,6 +308,7 @@ class KBIndex:
                 rows,
                 out_tok,
                 out_val,
+                search,
             )
         return out_tok, out_val
 

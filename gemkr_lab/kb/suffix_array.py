@@ -14,6 +14,8 @@ from gemkr_lab.kb import _sais_kernels as sais_k
 
 #: Largest byte length the int32 path of libdivsufsort accepts; longer texts need a 64-bit array.
 INT32_BYTES_LIMIT = np.iinfo(np.int32).max
+SORT_MAX_SYMBOLS = 2**31 - 2
+"""The longest text `sort_buffer` sorts (int32 suffix array entries)."""
 
 _SMALL_BUCKETS = 1 << 20
 """Alphabets up to this size get two bucket arrays of their own (at most 8 MB); larger ones share one."""
@@ -42,8 +44,8 @@ def sort_buffer(text: np.ndarray, spare: int = 0) -> np.ndarray:
     if text.ndim != 1 or text.dtype not in (np.uint16, np.uint32):
         raise TypeError(f"suffix_array needs a 1-D uint16/uint32 array, got {text.dtype} {text.shape}")
     n = text.shape[0]
-    if n >= 2**31 - 1:
-        raise ValueError("a shard must hold fewer than 2**31 - 1 tokens; build with more shards")
+    if n > SORT_MAX_SYMBOLS:
+        raise ValueError(f"a shard must hold at most {SORT_MAX_SYMBOLS} tokens; build with more shards")
     sigma = int(text.max()) + 1 if n else 1
     if sigma <= max(4 * n, _SMALL_BUCKETS):
         buf = np.empty(n + spare, dtype=np.int32)

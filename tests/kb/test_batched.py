@@ -170,3 +170,36 @@ def test_best_next_searches_frequent_clues_without_enumerating(tmp_path, shards)
                 np.testing.assert_array_equal(tok[0], want_tok)
                 np.testing.assert_array_equal(val[0], want_val)
         assert frequent > 10
+
+
+def test_later_shards_find_the_tokens_only_they_hold(tmp_path):
+    """Shards of different text: a frequent clue's followers differ from shard to shard, so a later shard must
+    find tokens the earlier ones do not hold, while it leaves out (from its search keys) those already found."""
+    rng = np.random.default_rng(6)
+    docs = []
+    for group in range(3):  # build_index cuts 3 shards at the group boundaries (equal sizes)
+        own = np.arange(10 + 14 * group, 24 + 14 * group)
+        for _ in range(40):
+            doc = []
+            while len(doc) < 30:
+                doc += [4, 5, 6, int(rng.choice(own))] if rng.random() < 0.7 else [int(rng.choice(own))]
+            docs.append(doc[:30])
+    for backend in ("sa", "fm"):
+        index = build_index(
+            docs, tmp_path / backend, eos_id=EOS, backend=backend, shards=3, vocab_size=60, progress=False
+        )
+        assert [s.n_docs for s in index.shards] == [40, 40, 40]
+        for prefix in ([5, 6], [4, 5, 6]):
+            states = index.root_states(1)
+            for t in prefix:
+                states = index.advance(states, [t])
+            assert (states.hi - states.lo).min() > 32  # searched best-first in every shard
+            for trial in range(60):
+                scores = rng.standard_normal((1, 60)).astype(np.float32)
+                if trial % 2:  # the later shards' tokens score best
+                    scores[0, 24:52] += 2
+                k = int(rng.integers(1, 12))
+                tok, val = index.best_next(states, scores, k)
+                want_tok, want_val = _best_by_enumeration(index, prefix, scores[0], k)
+                np.testing.assert_array_equal(tok[0], want_tok)
+                np.testing.assert_array_equal(val[0], want_val)
