@@ -100,7 +100,6 @@ def child_query(args) -> None:
     from gemkr_lab.kb import open_index
 
     index = open_index(args.index_dir, verify=False)
-    index.threads = args.index_threads
     tokens = np.load(args.corpus_dir / "tokens.npy", mmap_mode="r")
     lengths = np.load(args.corpus_dir / "lengths.npy")
     offs = np.concatenate([[0], np.cumsum(lengths)])
@@ -213,7 +212,7 @@ def simulate_decode(index, real_span, rng, n_queries=30):
         for s in range(steps):
             step_candidates(logprobs[s], k, StepRows(free=np.arange(beams)), on_host=True)
         free.append(1000 * (time.perf_counter() - t))
-    res = {"decode_setup": dict(DECODE, queries=n_queries, index_threads=index.threads)}
+    res = {"decode_setup": dict(DECODE, queries=n_queries)}
     for (candidates, route), times in wall.items():
         key = f"decode_ms_{candidates}" + ("" if route == "host" else "_device_route")
         res[key + "_median"] = float(np.median(times))
@@ -299,12 +298,6 @@ def main() -> None:
         help="time the queries on an index a --keep-index run left in --work (its recorded build figures and "
         "commit are reported) instead of building it again",
     )
-    p.add_argument(
-        "--index-threads",
-        type=int,
-        default=1,
-        help="threads that search a decoding step's beams (KBIndex.threads); CPU time is reported beside wall",
-    )
     p.add_argument("--child", choices=["build", "query"])
     p.add_argument("--corpus-dir", type=Path)
     p.add_argument("--index-dir", type=Path)
@@ -363,15 +356,7 @@ def main() -> None:
                 "built_at_commit": b["commit"],
             }
             print(json.dumps(row), flush=True)
-            row.update(
-                run_child(
-                    "query",
-                    corpus_dir=corpus_dir,
-                    index_dir=index_dir,
-                    backend=backend,
-                    index_threads=args.index_threads,
-                )
-            )
+            row.update(run_child("query", corpus_dir=corpus_dir, index_dir=index_dir, backend=backend))
             print(json.dumps({k: v for k, v in row.items() if not k.endswith("_queries")}), flush=True)
             runs.append(row)
             if not args.keep_index:
@@ -504,10 +489,6 @@ def write_results(
         "parentheses. "
         "'free' is the unconstrained counterpart (best 11 of the whole row). Host route: log-probs read on the "
         "CPU (`KBIndex.best_next`); device route: mask + top-k as on a GPU, run on CPU tensors.",
-        "",
-        "Index threads (`KBIndex.threads`, host route): "
-        + ", ".join(sorted({f"{r['docs']} docs: {r.get('decode_setup', {}).get('index_threads', 1)}" for r in rows}))
-        + ". With more than one, CPU time is that of all threads.",
         "",
         "| docs | backend | " + " | ".join(label for label, _ in decode_cols) + " | free |",
         "|" + "---|" * (len(decode_cols) + 3),

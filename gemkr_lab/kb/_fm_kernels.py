@@ -325,7 +325,7 @@ def search(bits, ranks, Z, start_of, C, lo, hi, pattern):
 # ---- decoding: the best-scored followers -----------------------------------------------------------
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True)
 def best_next(
     bits,
     ranks,

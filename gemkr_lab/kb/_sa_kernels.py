@@ -202,7 +202,7 @@ def merge_tables(ptrs, syms, bases, mode, out_sym):
 # ---- decoding: the best-scored followers -----------------------------------------------------------
 
 
-@nb.njit(cache=True, nogil=True)
+@nb.njit(cache=True)
 def best_next(
     T,
     SA,

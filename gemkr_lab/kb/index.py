@@ -5,11 +5,7 @@ last token and means "the clue ends where a document ends". Shards hold contiguo
 sharded index answers exactly as an unsharded one: followers are unioned, counts summed, documents offset.
 """
 
-import itertools
-import os
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -55,29 +51,11 @@ class BeamStates:
         return BeamStates(self.lo[idx], self.hi[idx], self.depth[idx], self.closed[idx])
 
 
-THREADS_VARIABLE = "GEMKR_INDEX_THREADS"
-
-
-def default_threads() -> int:
-    """Threads that search a decoding step's beams (`KBIndex.threads`).
-
-    The environment's `GEMKR_INDEX_THREADS`, else 1 (a sweep often runs several trials on one machine).
-    """
-    raw = os.environ.get(THREADS_VARIABLE, "1")
-    if not raw.strip().isdigit() or int(raw) < 1:
-        raise ValueError(f"{THREADS_VARIABLE}={raw!r}: set it to a positive whole number of threads (e.g. 2)")
-    return int(raw)
-
-
 class KBIndex:
     """A knowledge-base index: constraint queries for decoding and clue-to-document lookup.
 
     Token ids are the tokenizer's ids; documents are positional ids `0..n_docs-1` in corpus order.
     Open one with `open_index`; build one with `build_index`.
-
-    Attributes:
-        threads: threads that search a decoding step's beams in `best_next` (the beams split into that many
-            runs; the answers do not depend on it). Default: `default_threads()`.
     """
 
     def __init__(
@@ -101,7 +79,6 @@ class KBIndex:
         self.n_tokens: int = meta["n_tokens"]
         self._eos = self.eos_id + 1
         self._doc_base = np.array([s["doc_base"] for s in meta["shards"]] + [self.n_docs], dtype=np.int64)
-        self.threads = default_threads()
 
     def __repr__(self) -> str:
         return (
@@ -316,36 +293,23 @@ class KBIndex:
             np.empty((b, 2 << sek.summary_levels(levels)), dtype=np.float32),
             np.zeros(b, dtype=bool),
         )
-
-        def run(beams: slice) -> None:
-            # one list per beam through all shards: a later shard extends the earlier shards' best k (a token
-            # allowed in several shards kept once), so its search prunes against them from its first node on
-            # instead of finding its own k (a 3-shard KB would otherwise cost about three single-shard searches)
-            for s, shard in enumerate(self.shards):
-                shard.best_next(
-                    np.ascontiguousarray(states.lo[beams, s]),
-                    np.ascontiguousarray(states.hi[beams, s]),
-                    states.depth[beams],
-                    live[beams],
-                    (tables[0][beams], *tables[1:]),
-                    s > 0,
-                    scores,
-                    rows[beams],
-                    out_tok[beams],
-                    out_val[beams],
-                    tuple(a[beams] for a in search),
-                )
-
-        runs = min(self.threads, b)
-        if runs == 1:
-            run(slice(0, b))
-        else:  # the kernels release the GIL: runs of beams in parallel, this thread taking the first
-            cuts = [int(c) for c in np.linspace(0, b, runs + 1).round()]
-            first, *others = itertools.pairwise(cuts)
-            pending = [_pool(runs).submit(run, slice(*pair)) for pair in others]
-            run(slice(*first))
-            for job in pending:
-                job.result()
+        # one list per beam through all shards: a later shard extends the earlier shards' best k (a token
+        # allowed in several shards kept once), so its search prunes against them from its first node on
+        # instead of finding its own k (a 3-shard KB would otherwise cost about three single-shard searches)
+        for s, shard in enumerate(self.shards):
+            shard.best_next(
+                np.ascontiguousarray(states.lo[:, s]),
+                np.ascontiguousarray(states.hi[:, s]),
+                states.depth,
+                live,
+                tables,
+                s > 0,
+                scores,
+                rows,
+                out_tok,
+                out_val,
+                search,
+            )
         return out_tok, out_val
 
     # ---- internals ------------------------------------------------------------------------------------
@@ -408,19 +372,6 @@ class KBIndex:
 
 
 _EMPTY = np.empty(0, dtype=np.int64)
-_POOL: tuple[ThreadPoolExecutor, int] | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool(runs: int) -> ThreadPoolExecutor:
-    """A process-wide pool with room for `runs - 1` helpers (the caller's thread takes a run too)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[1] < runs - 1:
-            if _POOL is not None:
-                _POOL[0].shutdown(wait=False)
-            _POOL = (ThreadPoolExecutor(max_workers=runs - 1, thread_name_prefix="kb-index"), runs - 1)
-        return _POOL[0]
 
 
 def best_of_rows(scores: np.ndarray, rows: np.ndarray, k: int, banned: int = -1) -> tuple[np.ndarray, np.ndarray]:

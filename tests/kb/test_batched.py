@@ -203,32 +203,3 @@ def test_later_shards_find_the_tokens_only_they_hold(tmp_path):
                 want_tok, want_val = _best_by_enumeration(index, prefix, scores[0], k)
                 np.testing.assert_array_equal(tok[0], want_tok)
                 np.testing.assert_array_equal(val[0], want_val)
-
-
-def test_best_next_answers_alike_on_any_number_of_threads(kb, monkeypatch):
-    """Runs of beams searched in parallel threads (`KBIndex.threads`) give the single thread's answers."""
-    index, docs = kb
-    rng = np.random.default_rng(7)
-    for trial in range(6):
-        for states, prefixes in _walk(index, docs, rng, beams=7):
-            scores = rng.standard_normal((len(prefixes), 64)).astype(np.float32)
-            k = int(rng.integers(1, 12))
-            index.threads = 1
-            want_tok, want_val = index.best_next(states, scores, k)
-            for threads in (2, 3, 16):
-                index.threads = threads
-                tok, val = index.best_next(states, scores, k)
-                np.testing.assert_array_equal(tok, want_tok)
-                np.testing.assert_array_equal(val, want_val)
-    index.threads = 1
-
-
-@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
-def test_index_threads_from_the_environment_are_checked(value, monkeypatch):
-    from gemkr_lab.kb.index import default_threads
-
-    monkeypatch.setenv("GEMKR_INDEX_THREADS", value)
-    with pytest.raises(ValueError, match="GEMKR_INDEX_THREADS"):
-        default_threads()
-    monkeypatch.setenv("GEMKR_INDEX_THREADS", "3")
-    assert default_threads() == 3
