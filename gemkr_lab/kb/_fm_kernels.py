@@ -394,8 +394,8 @@ def best_next(
             if not keyed[j]:
                 # the clue's followers follow its last token: key by that token's bigram row
                 c = np.searchsorted(C, lo[j], side="right") - 1
-                sel.key_row(scores, row, bigram_sym, bigram_ptr[c], bigram_ptr[c + 1], sel.BIGRAM_MASK_SHARE, keys, j)
-                sel.summarize(keys, j, nlev, tree)
+                share = sel.BIGRAM_MASK_SHARE
+                sel.key_row(scores, row, bigram_sym, bigram_ptr[c], bigram_ptr[c + 1], share, keys, j, nlev, tree)
                 keyed[j] = True
             sel.exclude(keys, j, tree, nlev, out_tok, found)
             size = 0

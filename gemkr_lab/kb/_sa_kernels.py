@@ -267,8 +267,8 @@ def best_next(
             tree = trees[j]
             if not keyed[j]:
                 c = _sym(T, SA, lo[j], d - 1)  # the clue's last token: its followers hold the clue's
-                sel.key_row(scores, row, bigram_sym, bigram_ptr[c], bigram_ptr[c + 1], sel.BIGRAM_MASK_SHARE, keys, j)
-                sel.summarize(keys, j, nlev, tree)
+                share = sel.BIGRAM_MASK_SHARE
+                sel.key_row(scores, row, bigram_sym, bigram_ptr[c], bigram_ptr[c + 1], share, keys, j, nlev, tree)
                 keyed[j] = True
             sel.exclude(keys, j, tree, nlev, out_tok, found)
             size = 0

@@ -264,21 +264,36 @@ def summarize(scores, row, nlev, tree):
 
 
 @nb.njit(cache=True)
-def key_row(scores, row, bigram_sym, start, end, mask_share, keys, j):
-    """Beam j's search keys `keys[j]`: its scores row, masked to the tokens `bigram_sym[start:end] - 1`.
+def key_row(scores, row, bigram_sym, start, end, mask_share, keys, j, nlev, tree):
+    """Beam j's search keys `keys[j]` and their summary `tree` (as `summarize` makes it), in one pass.
 
-    The set is the followers of the clue's last token; it masks when it is at most `1 / mask_share` of the row
-    (a tighter key, fewer nodes), else the row is copied (so that `exclude` may drop tokens from it).
+    The keys are its scores row, masked to the tokens `bigram_sym[start:end] - 1` (the followers of the clue's
+    last token) when they are at most `1 / mask_share` of the row (a tighter key, fewer nodes), else copied (so
+    that `exclude` may drop tokens from it). Masked, the summary's blocks come from the set alone.
     """
     width = scores.shape[1]
+    lb = summary_levels(nlev)
+    shift = nlev - lb
+    first = 1 << lb
     if end - start <= width // mask_share:
         keys[j, :] = NEG_INF
+        for blk in range(first):
+            tree[first + blk] = NEG_INF
         for i in range(start, end):
             t = np.int64(bigram_sym[i]) - 1
             if 0 <= t < width:
-                keys[j, t] = scores[row, t]
+                v = scores[row, t]
+                keys[j, t] = v
+                node = first + ((t + 1) >> shift)  # token t is symbol t + 1
+                if v > tree[node]:
+                    tree[node] = v
+        for i in range(first - 1, 0, -1):
+            a = tree[2 * i]
+            b = tree[2 * i + 1]
+            tree[i] = a if a >= b else b
     else:
         keys[j, :] = scores[row, :]
+        summarize(keys, j, nlev, tree)
 
 
 @nb.njit(cache=True)
