@@ -13,6 +13,7 @@ import numba as nb
 import numpy as np
 
 from gemkr_lab.kb import _select_kernels as sel
+from gemkr_lab.kb._prefetch import prefetch
 
 _M1 = np.uint64(0x5555555555555555)
 _M2 = np.uint64(0x3333333333333333)
@@ -145,12 +146,97 @@ def range_symbols(bits, ranks, Z, lo, hi, out_sym, out_cnt, k, mode):
 
 
 @nb.njit(cache=True)
+def few_symbols(bits, ranks, Z, lo, hi, out):
+    """Distinct BWT symbols of a short row range `[lo, hi)` (at most `out.shape[0]` rows), unordered.
+
+    `range_symbols` a level at a time: the lines of every node of a level are fetched before any is read, so
+    the nodes' cache misses overlap. Returns how many were written (the sentinel 0 dropped).
+    """
+    nlev = bits.shape[0]
+    cap = out.shape[0]
+    fa = np.empty(cap, dtype=np.int64)
+    fb = np.empty(cap, dtype=np.int64)
+    fv = np.empty(cap, dtype=np.int64)
+    na = np.empty(cap, dtype=np.int64)
+    nb_ = np.empty(cap, dtype=np.int64)
+    nv = np.empty(cap, dtype=np.int64)
+    fa[0], fb[0], fv[0] = lo, hi, 0
+    k = 1
+    for lvl in range(nlev):
+        for i in range(k):
+            prefetch(ranks, lvl, fa[i] >> 8)
+            prefetch(bits, lvl, fa[i] >> 6)
+            prefetch(ranks, lvl, fb[i] >> 8)
+            prefetch(bits, lvl, fb[i] >> 6)
+        m = 0
+        for i in range(k):
+            a, b, v = fa[i], fb[i], fv[i]
+            ra = rank1(bits, ranks, lvl, a)
+            rb = rank1(bits, ranks, lvl, b)
+            if (a - ra) < (b - rb):  # a node's children hold its rows: never more nodes than rows
+                na[m], nb_[m], nv[m] = a - ra, b - rb, v << 1
+                m += 1
+            if ra < rb:
+                na[m], nb_[m], nv[m] = Z[lvl] + ra, Z[lvl] + rb, (v << 1) | 1
+                m += 1
+        fa, na = na, fa
+        fb, nb_ = nb_, fb
+        fv, nv = nv, fv
+        k = m
+    n = 0
+    for i in range(k):
+        if fv[i] > 0:
+            out[n] = fv[i]
+            n += 1
+    return n
+
+
+@nb.njit(cache=True)
 def advance_batch(bits, ranks, Z, start_of, C, lo, hi, sym, out_lo, out_hi):
-    """One backward-search step per state."""
-    for j in range(lo.shape[0]):
-        a, b = backward_step(bits, ranks, Z, start_of, C, lo[j], hi[j], sym[j])
-        out_lo[j] = a
-        out_hi[j] = b
+    """One backward-search step per state (as `backward_step`), all states a level at a time.
+
+    The states' steps are independent: fetching every state's lines of a level before reading any lets their
+    cache misses overlap instead of waiting on them one by one.
+    """
+    n = lo.shape[0]
+    nlev = bits.shape[0]
+    a = np.empty(n, dtype=np.int64)
+    b = np.empty(n, dtype=np.int64)
+    live = np.empty(n, dtype=np.int64)  # states still descending
+    k = 0
+    for j in range(n):
+        c = sym[j]
+        out_lo[j] = lo[j]
+        out_hi[j] = lo[j]
+        if 1 <= c < C.shape[0] - 1 and C[c + 1] > C[c] and lo[j] < hi[j]:
+            a[j], b[j] = lo[j], hi[j]
+            live[k] = j
+            k += 1
+    for lvl in range(nlev):
+        for i in range(k):
+            j = live[i]
+            prefetch(ranks, lvl, a[j] >> 8)
+            prefetch(bits, lvl, a[j] >> 6)
+            prefetch(ranks, lvl, b[j] >> 8)
+            prefetch(bits, lvl, b[j] >> 6)
+        kept = 0
+        for i in range(k):
+            j = live[i]
+            ra = rank1(bits, ranks, lvl, a[j])
+            rb = rank1(bits, ranks, lvl, b[j])
+            if (sym[j] >> (nlev - 1 - lvl)) & 1:
+                a[j], b[j] = Z[lvl] + ra, Z[lvl] + rb
+            else:
+                a[j], b[j] = a[j] - ra, b[j] - rb
+            if a[j] < b[j]:
+                live[kept] = j
+                kept += 1
+        k = kept
+    for i in range(k):
+        j = live[i]
+        c = sym[j]
+        out_lo[j] = C[c] + a[j] - start_of[c]
+        out_hi[j] = C[c] + b[j] - start_of[c]
 
 
 @nb.njit(cache=True)
@@ -166,11 +252,22 @@ def followers_batch(bits, ranks, Z, lo, hi, ptr, out_sym, out_cnt):
 
 @nb.njit(cache=True)
 def check_batch(bits, ranks, Z, start_of, C, lo, hi, cand, out):
-    """Occurrence counts of each state's clue extended by each candidate symbol (0: not in the KB)."""
-    for j in range(cand.shape[0]):
-        for m in range(cand.shape[1]):
-            a, b = backward_step(bits, ranks, Z, start_of, C, lo[j], hi[j], cand[j, m])
-            out[j, m] = b - a
+    """Occurrence counts of each state's clue extended by each candidate symbol (0: not in the KB).
+
+    Every (state, candidate) step at once, a level at a time (`advance_batch`).
+    """
+    n, m = cand.shape
+    flat_lo = np.empty(n * m, dtype=np.int64)
+    flat_hi = np.empty(n * m, dtype=np.int64)
+    for j in range(n):
+        flat_lo[j * m : (j + 1) * m] = lo[j]
+        flat_hi[j * m : (j + 1) * m] = hi[j]
+    new_lo = np.empty(n * m, dtype=np.int64)
+    new_hi = np.empty(n * m, dtype=np.int64)
+    advance_batch(bits, ranks, Z, start_of, C, flat_lo, flat_hi, cand.ravel(), new_lo, new_hi)
+    for j in range(n):
+        for i in range(m):
+            out[j, i] = new_hi[j * m + i] - new_lo[j * m + i]
 
 
 @nb.njit(cache=True)
@@ -325,6 +422,10 @@ def search(bits, ranks, Z, start_of, C, lo, hi, pattern):
 # ---- decoding: the best-scored followers -----------------------------------------------------------
 
 
+PREFETCH_BATCH = 8
+"""Queued nodes a best-first search takes at once: their rows' cache lines are fetched together."""
+
+
 @nb.njit(cache=True)
 def best_next(
     bits,
@@ -372,6 +473,8 @@ def best_next(
     node_a = np.empty(1024, dtype=np.int64)
     node_b = np.empty(1024, dtype=np.int64)
     few = np.empty(sel.FEW, dtype=np.int64)
+    batch = np.empty(PREFETCH_BATCH, dtype=np.int64)
+    batch_key = np.empty(PREFETCH_BATCH, dtype=np.float32)
     for j in range(lo.shape[0]):
         found = sel.carried(out_tok, j) if deep_only else 0  # a later shard starts from the earlier shards' best
         row = score_row[j]
@@ -387,7 +490,7 @@ def best_next(
                     scores, row, bigram_sym, bigram_ptr[c], bigram_ptr[c + 1], 1, out_tok, out_val, j, block_best
                 )
         elif hi[j] - lo[j] <= sel.FEW:  # a rare clue: its few followers cost less than the score summary
-            for i in range(range_symbols(bits, ranks, Z, lo[j], hi[j], few, few, 0, 1)):
+            for i in range(few_symbols(bits, ranks, Z, lo[j], hi[j], few)):
                 found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, few[i], deep_only)
         elif lo[j] < hi[j]:
             tree = trees[j]
@@ -405,32 +508,49 @@ def best_next(
                 size = sel.heap_push(hkey, hid, 0, tree[1], 0)
                 nodes = 1
             while size > 0:
-                if found == need and hkey[0] < out_val[j, need - 1]:
-                    break  # no queued node holds a token that beats or ties the need-th found
-                node = hid[0]
-                size = sel.heap_pop(hkey, hid, size)
-                lvl, v, a, b = node_l[node], node_v[node], node_a[node], node_b[node]
-                ra = rank1(bits, ranks, lvl, a)
-                rb = rank1(bits, ranks, lvl, b)
-                if nodes + 2 > node_l.shape[0]:
+                # take up to PREFETCH_BATCH of the best queued nodes and fetch their rows' lines at once
+                m = 0
+                while size > 0 and m < PREFETCH_BATCH:
+                    if found == need and hkey[0] < out_val[j, need - 1]:
+                        break  # no queued node holds a token that beats or ties the need-th found
+                    node = hid[0]
+                    batch_key[m] = hkey[0]
+                    batch[m] = node
+                    size = sel.heap_pop(hkey, hid, size)
+                    lvl, a, b = node_l[node], node_a[node], node_b[node]
+                    prefetch(ranks, lvl, a >> 8)
+                    prefetch(bits, lvl, a >> 6)
+                    prefetch(ranks, lvl, b >> 8)
+                    prefetch(bits, lvl, b >> 6)
+                    m += 1
+                if m == 0:
+                    break
+                if nodes + 2 * m > node_l.shape[0]:
                     node_l, node_v = sel.grown(node_l, nodes), sel.grown(node_v, nodes)
                     node_a, node_b = sel.grown(node_a, nodes), sel.grown(node_b, nodes)
-                if size + 2 > hkey.shape[0]:
+                if size + 2 * m > hkey.shape[0]:
                     hkey, hid = sel.grown(hkey, size), sel.grown(hid, size)
-                for one in range(2):
-                    if one:
-                        ca, cb, cv = Z[lvl] + ra, Z[lvl] + rb, (v << 1) | 1
-                    else:
-                        ca, cb, cv = a - ra, b - rb, v << 1
-                    if cb <= ca:
-                        continue
-                    if lvl + 1 == nlev:
-                        found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, cv, deep_only)
-                        continue
-                    best = sel.node_best(keys, j, tree, nlev, lb, lvl + 1, cv)
-                    if best == sel.NEG_INF or (found == need and best < out_val[j, need - 1]):
-                        continue
-                    node_l[nodes], node_v[nodes], node_a[nodes], node_b[nodes] = lvl + 1, cv, ca, cb
-                    size = sel.heap_push(hkey, hid, size, best, nodes)
-                    nodes += 1
+                for i in range(m):
+                    if found == need and batch_key[i] < out_val[j, need - 1]:
+                        continue  # pruned by what the batch's earlier nodes found
+                    node = batch[i]
+                    lvl, v, a, b = node_l[node], node_v[node], node_a[node], node_b[node]
+                    ra = rank1(bits, ranks, lvl, a)
+                    rb = rank1(bits, ranks, lvl, b)
+                    for one in range(2):
+                        if one:
+                            ca, cb, cv = Z[lvl] + ra, Z[lvl] + rb, (v << 1) | 1
+                        else:
+                            ca, cb, cv = a - ra, b - rb, v << 1
+                        if cb <= ca:
+                            continue
+                        if lvl + 1 == nlev:
+                            found = sel.leaf_offer(scores, row, out_tok, out_val, j, found, cv, deep_only)
+                            continue
+                        best = sel.node_best(keys, j, tree, nlev, lb, lvl + 1, cv)
+                        if best == sel.NEG_INF or (found == need and best < out_val[j, need - 1]):
+                            continue
+                        node_l[nodes], node_v[nodes], node_a[nodes], node_b[nodes] = lvl + 1, cv, ca, cb
+                        size = sel.heap_push(hkey, hid, size, best, nodes)
+                        nodes += 1
         sel.pad(out_tok, out_val, j, found)

@@ -117,24 +117,9 @@ class SuffixArrayShard(Shard):
         """Row range of a symbol pattern."""
         return sak.search(self.T, self.SA, 0, self.n_rows, pattern)
 
-    def best_next(self, lo, hi, depth, live, tables, deep_only, scores, score_row, out_tok, out_val, search):
-        """The best-scored allowed tokens of each state (see `KBIndex.best_next`)."""
-        sak.best_next(
-            self.T,
-            self.SA,
-            self.levels,
-            lo,
-            hi,
-            depth,
-            live,
-            *tables,
-            deep_only,
-            scores,
-            score_row,
-            out_tok,
-            out_val,
-            *search,
-        )
+    def best_next(self, query: tuple) -> None:
+        """The best-scored allowed tokens of each state: the kernel's arguments after the structure's."""
+        sak.best_next(self.T, self.SA, self.levels, *query)
 
     def check(self, lo, hi, depth, cand):
         """Counts of each range extended by each candidate symbol."""
@@ -280,25 +265,9 @@ class FMShard(Shard):
         """Row range of a symbol pattern."""
         return fmk.search(self.bits, self.ranks, self.Z, self.start_of, self.C, 0, self.n_rows, pattern)
 
-    def best_next(self, lo, hi, depth, live, tables, deep_only, scores, score_row, out_tok, out_val, search):
-        """The best-scored allowed tokens of each state (see `KBIndex.best_next`)."""
-        fmk.best_next(
-            self.bits,
-            self.ranks,
-            self.Z,
-            self.C,
-            lo,
-            hi,
-            depth,
-            live,
-            *tables,
-            deep_only,
-            scores,
-            score_row,
-            out_tok,
-            out_val,
-            *search,
-        )
+    def best_next(self, query: tuple) -> None:
+        """The best-scored allowed tokens of each state: the kernel's arguments after the structure's."""
+        fmk.best_next(self.bits, self.ranks, self.Z, self.C, *query)
 
     def check(self, lo, hi, depth, cand):
         """Counts of each range extended by each candidate symbol."""

@@ -297,19 +297,8 @@ class KBIndex:
         # allowed in several shards kept once), so its search prunes against them from its first node on
         # instead of finding its own k (a 3-shard KB would otherwise cost about three single-shard searches)
         for s, shard in enumerate(self.shards):
-            shard.best_next(
-                np.ascontiguousarray(states.lo[:, s]),
-                np.ascontiguousarray(states.hi[:, s]),
-                states.depth,
-                live,
-                tables,
-                s > 0,
-                scores,
-                rows,
-                out_tok,
-                out_val,
-                search,
-            )
+            lo, hi = np.ascontiguousarray(states.lo[:, s]), np.ascontiguousarray(states.hi[:, s])
+            shard.best_next((lo, hi, states.depth, live, *tables, s > 0, scores, rows, out_tok, out_val, *search))
         return out_tok, out_val
 
     # ---- internals ------------------------------------------------------------------------------------
