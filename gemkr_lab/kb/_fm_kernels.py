@@ -239,14 +239,66 @@ def advance_batch(bits, ranks, Z, start_of, C, lo, hi, sym, out_lo, out_hi):
         out_hi[j] = C[c] + b[j] - start_of[c]
 
 
+PREFETCH_AHEAD = 8
+"""How many nodes ahead a level-at-a-time walk fetches the lines of the node it will read."""
+
+
 @nb.njit(cache=True)
 def followers_batch(bits, ranks, Z, lo, hi, ptr, out_sym, out_cnt):
-    """CSR of the distinct followers of every state."""
+    """CSR of the distinct followers of every state, ascending, with their counts.
+
+    `range_symbols` a level at a time: expanding a level's nodes in order (zero child first) keeps them in
+    symbol order, and each node's lines are fetched `PREFETCH_AHEAD` nodes before it is read, so the cache
+    misses of a level's nodes overlap.
+    """
+    nlev = bits.shape[0]
+    cap = 1
+    for j in range(lo.shape[0]):
+        cap = max(cap, min(hi[j] - lo[j], 1 << nlev))
+    fa = np.empty(cap, dtype=np.int64)
+    fb = np.empty(cap, dtype=np.int64)
+    fv = np.empty(cap, dtype=np.int64)
+    na = np.empty(cap, dtype=np.int64)
+    nb_ = np.empty(cap, dtype=np.int64)
+    nv = np.empty(cap, dtype=np.int64)
     k = 0
     ptr[0] = 0
     for j in range(lo.shape[0]):
         if lo[j] < hi[j]:
-            k = range_symbols(bits, ranks, Z, lo[j], hi[j], out_sym, out_cnt, k, 2)
+            fa[0], fb[0], fv[0] = lo[j], hi[j], 0
+            size = 1
+            for lvl in range(nlev):
+                for i in range(min(PREFETCH_AHEAD, size)):
+                    prefetch(ranks, lvl, fa[i] >> 8)
+                    prefetch(bits, lvl, fa[i] >> 6)
+                    prefetch(ranks, lvl, fb[i] >> 8)
+                    prefetch(bits, lvl, fb[i] >> 6)
+                m = 0
+                for i in range(size):
+                    if i + PREFETCH_AHEAD < size:
+                        ahead = i + PREFETCH_AHEAD
+                        prefetch(ranks, lvl, fa[ahead] >> 8)
+                        prefetch(bits, lvl, fa[ahead] >> 6)
+                        prefetch(ranks, lvl, fb[ahead] >> 8)
+                        prefetch(bits, lvl, fb[ahead] >> 6)
+                    a, b, v = fa[i], fb[i], fv[i]
+                    ra = rank1(bits, ranks, lvl, a)
+                    rb = rank1(bits, ranks, lvl, b)
+                    if (a - ra) < (b - rb):  # a node's children hold its rows: never more nodes than rows
+                        na[m], nb_[m], nv[m] = a - ra, b - rb, v << 1
+                        m += 1
+                    if ra < rb:
+                        na[m], nb_[m], nv[m] = Z[lvl] + ra, Z[lvl] + rb, (v << 1) | 1
+                        m += 1
+                fa, na = na, fa
+                fb, nb_ = nb_, fb
+                fv, nv = nv, fv
+                size = m
+            for i in range(size):
+                if fv[i] > 0:  # the sentinel 0 dropped
+                    out_sym[k] = fv[i]
+                    out_cnt[k] = fb[i] - fa[i]
+                    k += 1
         ptr[j + 1] = k
 
 
@@ -295,19 +347,58 @@ def locate_docs(bits, ranks, Z, start_of, C, eos_doc, eos, lo, hi, limit):
     Instead of sampled suffix-array values, each occurrence walks forward in text order (LF steps) to the
     EOS that ends its document; the EOS rows form one block `[C[eos], C[eos + 1])` and `eos_doc` maps that
     block to documents. This costs the distance to the document's end and no space beyond 4 B/document.
+    The walks are independent: they step together, a level at a time, each walk's lines fetched
+    `PREFETCH_AHEAD` walks before it is read, so that their cache misses overlap.
     """
     end = min(hi, lo + limit)
-    out = np.empty(max(end - lo, 0), dtype=np.int64)
+    n = max(end - lo, 0)
+    out = np.full(n, -1, dtype=np.int64)
     e0 = C[eos]
     e1 = C[eos + 1]
-    for j in range(lo, end):
-        row = j
-        while row < e0 or row >= e1:
-            c, nxt = lf(bits, ranks, Z, start_of, C, row)
+    nlev = bits.shape[0]
+    walk = np.empty(n, dtype=np.int64)  # the occurrence each active walk belongs to
+    row = np.empty(n, dtype=np.int64)
+    sym = np.empty(n, dtype=np.int64)
+    k = 0
+    for j in range(n):
+        if e0 <= lo + j < e1:
+            out[j] = eos_doc[lo + j - e0]
+        else:
+            walk[k] = j
+            row[k] = lo + j
+            k += 1
+    while k > 0:
+        for i in range(k):
+            sym[i] = 0
+        for lvl in range(nlev):  # one LF step of every active walk (`lf`), a level at a time
+            for i in range(min(PREFETCH_AHEAD, k)):
+                prefetch(ranks, lvl, row[i] >> 8)
+                prefetch(bits, lvl, row[i] >> 6)
+            for i in range(k):
+                if i + PREFETCH_AHEAD < k:
+                    prefetch(ranks, lvl, row[i + PREFETCH_AHEAD] >> 8)
+                    prefetch(bits, lvl, row[i + PREFETCH_AHEAD] >> 6)
+                r = row[i]
+                r1 = rank1(bits, ranks, lvl, r)
+                if (bits[lvl, r >> 6] >> np.uint64(r & 63)) & np.uint64(1):
+                    row[i] = Z[lvl] + r1
+                    sym[i] = (sym[i] << 1) | 1
+                else:
+                    row[i] = r - r1
+                    sym[i] = sym[i] << 1
+        kept = 0
+        for i in range(k):
+            c = sym[i]
             if c == 0:  # the sentinel: past the last document; cannot happen for a valid row
-                break
-            row = nxt
-        out[j - lo] = eos_doc[row - e0] if e0 <= row < e1 else -1
+                continue
+            r = C[c] + row[i] - start_of[c]
+            if e0 <= r < e1:
+                out[walk[i]] = eos_doc[r - e0]
+            else:
+                walk[kept] = walk[i]
+                row[kept] = r
+                kept += 1
+        k = kept
     return out
 
 
