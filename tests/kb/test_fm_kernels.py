@@ -66,3 +66,23 @@ def test_a_prefetch_compiles_and_never_faults():
     arr = np.arange(12, dtype=np.uint64).reshape(3, 4)
     assert _touch(arr, 1, 2) == 0
     assert _touch(arr, 10**6, 10**9) == 0  # a hint only: far outside the array, no fault
+
+
+def test_locate_walks_stepping_together_find_each_occurrences_document(shard):
+    """`locate_docs` (all walks a level at a time) = each occurrence walked alone with `lf` to its EOS row."""
+    rng = np.random.default_rng(2)
+    e0, e1 = int(shard.C[shard.eos]), int(shard.C[shard.eos + 1])
+    lo, hi = _ranges(shard, rng, 60, 300)
+    lo[:5] = e0  # ranges starting in the EOS block itself
+    for a, b in zip(lo, hi, strict=True):
+        limit = int(rng.integers(1, 400))
+        got = fmk.locate_docs(
+            shard.bits, shard.ranks, shard.Z, shard.start_of, shard.C, shard.eos_doc, shard.eos, a, b, limit
+        )
+        want = []
+        for row in range(a, min(b, a + limit)):
+            while not e0 <= row < e1:
+                c, row = fmk.lf(shard.bits, shard.ranks, shard.Z, shard.start_of, shard.C, row)
+                assert c != 0
+            want.append(shard.eos_doc[row - e0])
+        np.testing.assert_array_equal(got, want)
