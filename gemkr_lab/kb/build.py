@@ -53,11 +53,11 @@ def symbol_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
 
 
-def default_shard_tokens(dtype: np.dtype) -> int:
-    """Default shard cap: the most symbols the int32 suffix sort (SA-IS) takes, 2**31 - 2.
+def default_shard_tokens() -> int:
+    """Default shard cap: the most symbols the int32 suffix sort (SA-IS) takes, 2**31 - 2, whatever the ids' width.
 
     Fewer, larger shards decode faster (every shard is searched at each step). The build's peak is about
-    `dtype.itemsize + 4` bytes per token of the largest shard (13 GB for a full uint16 shard); pass
+    `itemsize + 4` bytes per token of the largest shard (13 GB for a full uint16 shard); pass
     `max_shard_tokens` to build in less memory.
     """
     return SORT_MAX_SYMBOLS
@@ -115,7 +115,7 @@ def build_index(
         dtype = symbol_dtype(vocab)
         if doc_ids is not None and len(doc_ids) != stream["n_docs"]:
             raise ValueError(f"doc_ids has {len(doc_ids)} entries for {stream['n_docs']} documents")
-        cap = max_shard_tokens or default_shard_tokens(dtype)
+        cap = max_shard_tokens or default_shard_tokens()
         bounds = _shard_bounds(stream.pop("lengths"), shards, cap)
         # the document starts, mapped from a file: pages a backend reads after its peak do not count in it
         offsets_path = staging / "offsets.tmp"
