@@ -166,6 +166,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from gemkr_lab.config.experiment import load_experiment
+    from gemkr_lab.numerics import apply_for
     from gemkr_lab.run.cell import run_cell, run_dir, with_seed
     from gemkr_lab.sweep.grid import exit_with_launcher
 
@@ -180,6 +181,7 @@ def _train(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     config = load_experiment(args.experiment, args.overrides)
+    apply_for(config)  # portable CPU numerics: before anything loads torch (DDP ranks and children inherit it)
     means = run_cell(config, args.seed, args.root, list(args.overrides), lock_until_exit=args.verb == "run-cell")
     if not means:  # a DDP rank > 0: rank 0 reports
         return 0
@@ -189,9 +191,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from gemkr_lab.numerics import apply_for_run
     from gemkr_lab.run.cell import evaluate_cell, find_run
 
     run = find_run(args.experiment, args.seed, args.root)
+    apply_for_run(run)  # the numerics the run was trained with, before anything loads torch
     means = evaluate_cell(run, args.overrides)
     print(f"{run} (decoding {' '.join(args.overrides) or 'unchanged'})")
     print("  ".join(f"{k} {100 * v:.1f}" for k, v in means.items() if k in ("P@5", "R@5", "R@10", "MRR@10")))

@@ -16,6 +16,12 @@ for _k, _v in {
 }.items():
     os.environ.setdefault(_k, _v)
 
+# The suite runs in portable CPU numerics (AVX2 kernels, MKL and oneDNN held to AVX2), as the tiny-cpu presets do:
+# the same tensors on every x86-64 CPU with AVX2. Set before torch loads; a CPU without AVX2 warns and falls back.
+from gemkr_lab.numerics import apply_portable_cpu_numerics  # noqa: E402 (imports nothing heavy)
+
+apply_portable_cpu_numerics(True)
+
 
 def pytest_collection_modifyitems(config, items):
     """Skip `gpu`-marked tests where no CUDA device is present (CI has none); they run on a GPU machine."""

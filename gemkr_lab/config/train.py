@@ -53,6 +53,9 @@ class TrainConfig:
     """Seed of everything (official: 42)."""
     deterministic: bool = False
     """torch deterministic algorithms (the resume test uses them on CPU)."""
+    portable_cpu_numerics: bool = False
+    """Hold torch's CPU kernels, MKL and oneDNN to AVX2 so CPU runs train the same tensors on any x86-64 with AVX2
+    (`gemkr_lab.numerics`; reproducibility, not an ablation: tiny-cpu presets on, paper GPU presets off)."""
     checkpoint_every_n_steps: Annotated[int, AtLeast(1)] = 200
     """Checkpoint (trained parameters, optimizer, schedule, RNG and data position) every N optimizer steps and
     at the end; a killed run resumes exactly from the last one, losing at most N steps."""

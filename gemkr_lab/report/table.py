@@ -21,6 +21,7 @@ import pandas as pd
 
 from gemkr_lab.config.published import FIRST_HAND, KIND_NAMES, Published, PublishedError, read_published
 from gemkr_lab.kb.storage import write_json, write_text
+from gemkr_lab.numerics import numerics_key, numerics_note
 from gemkr_lab.report.output import check_out, report_directory
 from gemkr_lab.report.stats import (
     MIN_SEEDS_FOR_SEED_TEST,
@@ -63,6 +64,7 @@ def collect(sweep: GridSweep) -> pd.DataFrame:
                 row["train_s"] = manifest.get("train_seconds")
                 row["gpu_hours"] = (manifest.get("train_seconds") or 0) * len(manifest["hardware"]["gpus"]) / 3600
                 row["decode_ms_per_query"] = manifest.get("decode_ms_per_query")
+                row["numerics"] = numerics_key(manifest.get("hardware"))  # a note when runs differ in it
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -240,7 +242,9 @@ def statistics(sweep: GridSweep, frame: pd.DataFrame, significance_metric: str =
             if c in table
         ]
     order += [c for c in cols.values() if c in table] + [c for c in COSTS if c in table]
-    return table[order]
+    table = table[order]
+    table.attrs["hardware notes"] = _mixed_numerics(frame)  # shown under the table, not a column of table.csv
+    return table
 
 
 def notes(sweep: GridSweep, significance_metric: str = "R@5", metrics: tuple[str, ...] = METRICS) -> list[str]:
@@ -276,6 +280,17 @@ def _given_up(sweep: GridSweep) -> list[str]:
         + "; ".join(f"seed {s['seed']} after {s['attempts']} attempts: {s['error']}" for s in seeds)
         for cell, seeds in failed_for_good(sweep).items()
     ]
+
+
+def _mixed_numerics(frame: pd.DataFrame) -> list[str]:
+    """A note when the complete runs come from different CPUs, torch CPU kernels, numerics modes or GPUs."""
+    runs: dict[tuple, list[str]] = {}
+    if "numerics" in frame:
+        for row in frame[frame.status == "complete"].itertuples():
+            if isinstance(row.numerics, tuple):
+                runs.setdefault(row.numerics, []).append(f"{row.cell} seed {row.seed}")
+    note = numerics_note(runs)
+    return [note] if note else []
 
 
 def _num(x, spec: str) -> str:
@@ -319,6 +334,7 @@ def _shown(sweep: GridSweep, numbers: pd.DataFrame, significance_metric: str = "
         if name in numbers:
             shown[name] = [_num(x, spec) for x in numbers[name]]
     shown.attrs["notes"] = notes(sweep, significance_metric, tuple(m for m in METRICS if m in shown) or METRICS)
+    shown.attrs["notes"] += numbers.attrs.get("hardware notes", [])
     return shown
 
 

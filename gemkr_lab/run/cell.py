@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import subprocess
 import time
 from importlib import metadata
@@ -26,6 +25,7 @@ import yaml
 from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, apply_overrides, build, to_dict
 from gemkr_lab.io import lock
 from gemkr_lab.kb.storage import write_json, write_text
+from gemkr_lab.numerics import hardware
 
 MANIFEST = "manifest.json"
 RUN_LOCK = "run.lock"
@@ -394,7 +394,7 @@ def _manifest(config: ExperimentConfig, seed: int, stamp: dict, previous: dict |
         "attempts": (previous or {}).get("attempts", 0) + 1,
         "git": _git(),
         "packages": {p: _version(p) for p in PACKAGES},
-        "hardware": {"machine": platform.machine(), "cpus": os.cpu_count(), "host": platform.node(), "gpus": _gpus()},
+        "hardware": hardware(config, gpus=_gpus()),  # CPU, numerics, threads, determinism (gemkr_lab.numerics)
         "dataset": {
             "name": config.data.dataset,
             "data_root": str(config.data_root),
