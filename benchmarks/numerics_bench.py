@@ -22,7 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
-MODES = {"portable": "true", "native": "false"}
+MODES = {"portable": "true", "native": "false", "compatible": "false"}
+"""Runs' `train.portable_cpu_numerics`. "compatible": native mode under the portable settings with MKL's
+cross-vendor branch instead (ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=AVX2), to price it."""
+COMPATIBLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def _git() -> str:
@@ -62,7 +65,9 @@ def _run(mode: str, i: int, args, world: Path, prepared: Path, folder: Path, env
     ]
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        cmd, env=env | (COMPATIBLE_ENV if mode == "compatible" else {}), capture_output=True, text=True
+    )
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{mode} run {i} failed:\n{done.stdout}\n{done.stderr}")
@@ -87,7 +92,8 @@ def _run(mode: str, i: int, args, world: Path, prepared: Path, folder: Path, env
 
 def _summary(rows: list[dict]) -> dict:
     out = {}
-    for mode in MODES:
+    modes = sorted({r["mode"] for r in rows}, key=list(MODES).index)
+    for mode in modes:
         mine = [r for r in rows if r["mode"] == mode]
         out[mode] = {
             k: {
@@ -97,9 +103,10 @@ def _summary(rows: list[dict]) -> dict:
             }
             for k in ("train_s", "decode_ms_per_query", "wall_s")
         }
-    out["ratio portable/native (medians)"] = {
-        k: round(out["portable"][k]["median"] / out["native"][k]["median"], 3) for k in out["portable"]
-    }
+    for mode in (m for m in modes if m != "native" and "native" in modes):  # against native
+        out[f"ratio {mode}/native (medians)"] = {
+            k: round(out[mode][k]["median"] / out["native"][k]["median"], 3) for k in out[mode]
+        }
     return out
 
 
@@ -109,6 +116,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=4, help="runs per mode, interleaved")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS / MKL_NUM_THREADS of the runs")
     p.add_argument("--work", help="folder for the world and the runs (default: a temporary one)")
+    p.add_argument("--modes", nargs="+", default=["portable", "native"], choices=list(MODES))
     p.add_argument("--name", default="numerics_bench")
     args = p.parse_args()
     env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
@@ -119,7 +127,7 @@ def main() -> None:
         world, prepared = _world(folder)
         rows = []
         for i in range(args.repeats):
-            for mode in MODES:  # ABAB: portable, native, portable, native, ...
+            for mode in args.modes:  # ABAB: portable, native, portable, native, ...
                 rows.append(_run(mode, i, args, world, prepared, folder, env))
                 print(
                     json.dumps(
@@ -157,17 +165,20 @@ def main() -> None:
         "| mode | train s, median [min-max] | decode ms/query | process wall s |",
         "|---|---|---|---|",
     ]
-    for mode in MODES:
+    for mode in args.modes:
         cells = [
             f"{s[mode][k]['median']:.2f} [{s[mode][k]['min']:.2f}-{s[mode][k]['max']:.2f}]"
             for k in ("train_s", "decode_ms_per_query", "wall_s")
         ]
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
-    ratio = s["ratio portable/native (medians)"]
+    lines.append("")
+    for mode in (m for m in args.modes if m != "native" and "native" in args.modes):
+        ratio = s[f"ratio {mode}/native (medians)"]
+        lines.append(
+            f"{mode.capitalize()} / native, medians: train {ratio['train_s']}, decode "
+            f"{ratio['decode_ms_per_query']}, wall {ratio['wall_s']}."
+        )
     lines += [
-        "",
-        f"Portable / native, medians: train {ratio['train_s']}, decode {ratio['decode_ms_per_query']}, "
-        f"wall {ratio['wall_s']}.",
         "1-minute load average before each run: "
         + ", ".join(f"{r['mode'][0]}{r['repeat']} {r['load1_before']}" for r in rows)
         + f" (on {os.cpu_count()} cores).",
