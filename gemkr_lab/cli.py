@@ -182,7 +182,15 @@ def _train(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     config = load_experiment(args.experiment, args.overrides)
     apply_for(config)  # portable CPU numerics: before anything loads torch (DDP ranks and children inherit it)
-    means = run_cell(config, args.seed, args.root, list(args.overrides), lock_until_exit=args.verb == "run-cell")
+    intermediate = None
+    if args.verb == "run-cell":  # a search trial decodes validation subsets for its pruner
+        from gemkr_lab.sweep.search import intermediate_from_env
+
+        intermediate = intermediate_from_env()
+    lock_until_exit = args.verb == "run-cell"
+    means = run_cell(
+        config, args.seed, args.root, list(args.overrides), lock_until_exit=lock_until_exit, intermediate=intermediate
+    )
     if not means:  # a DDP rank > 0: rank 0 reports
         return 0
     print(f"{config.name} seed {args.seed} -> {run_dir(args.root, with_seed(config, args.seed))}")
@@ -205,7 +213,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from gemkr_lab.config.experiment import ConfigError
     from gemkr_lab.sweep.grid import load_sweep, run_sweep
-    from gemkr_lab.sweep.search import is_search, load_search, run_search
+    from gemkr_lab.sweep.search import FinalRunError, finalize_search, is_search, load_search_file, run_search
 
     slurm_given = {
         "partition": args.partition,
@@ -227,12 +235,22 @@ def _sweep(args: argparse.Namespace) -> int:
     if Path(args.sweep).is_file() and is_search(args.sweep):
         if args.launcher == "slurm" or slurm_only:
             raise ConfigError("--launcher slurm runs grid sweeps; a search runs with --launcher local")
-        import yaml
-
-        search = load_search(yaml.safe_load(Path(args.sweep).read_text(encoding="utf-8")), Path(args.sweep))
-        result = run_search(search, **common)
+        search = load_search_file(args.sweep)
+        try:
+            if args.finalize:
+                common.pop("new_study")
+                final = finalize_search(search, **common)
+                print(f"search {search.name}: selected trial {final['trial']} {final['params']}")
+                print(f"  on test: {final['seeds']} -> {Path(search.root) / 'final.json'}")
+                return 0
+            result = run_search(search, **common)
+        except FinalRunError as exc:
+            print(f"gemkr-lab: {exc}", file=sys.stderr)
+            return 1
         print(f"search {search.name}: {result}")
         return 0
+    if args.finalize:
+        raise ConfigError("--finalize ends a search sweep; this is a grid (its cells are scored on test already)")
     sweep = load_sweep(args.sweep)
     if (args.launcher or sweep.launcher) == "slurm":
         return _sweep_slurm(args, sweep, slurm_given)
@@ -293,12 +311,10 @@ def _report(args: argparse.Namespace) -> int:
     from gemkr_lab.sweep.search import is_search
 
     if Path(args.sweep).is_file() and is_search(args.sweep):
-        import yaml
-
         from gemkr_lab.report.search import write_search_report
-        from gemkr_lab.sweep.search import load_search
+        from gemkr_lab.sweep.search import load_search_file
 
-        search = load_search(yaml.safe_load(Path(args.sweep).read_text(encoding="utf-8")), Path(args.sweep))
+        search = load_search_file(args.sweep)
         table = write_search_report(search, args.out, storage=args.storage, overwrite=args.overwrite)
     else:
         from gemkr_lab.report.table import write_report
@@ -547,6 +563,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: a journal file under the sweep's root)",
     )
     sweep.add_argument("--new-study", action="store_true", help="start over if the sweep file changed")
+    sweep.add_argument(
+        "--finalize",
+        action="store_true",
+        help="search sweeps: evaluate the selected configuration on the test split now (every trial must be done)",
+    )
     sweep.add_argument(
         "--retry-failed", action="store_true", help="queue again the cells whose retries were exhausted (fresh count)"
     )

@@ -44,6 +44,15 @@ class DataConfig:
     """OKVQA-GS112K test queries: GeMKR's own `test.json` ("gemkr": the queries and answers its released
     result file is aligned with), VRR's `retriever_test.json` ("vrr"), or GeMKR's when present, else VRR's
     ("auto"). Other datasets have only their own query files ("gemkr" is refused there)."""
+    validation_size: Annotated[
+        Annotated[int, AtLeast(0)] | Annotated[float, Bounds(gt=0, lt=1)] | None, PREPARE_TIME
+    ] = None
+    """Held-out validation split (what searches tune on; the test split is only reported): training questions
+    of whole images, drawn at random, that training never sees; an integer is a count of questions (at least,
+    whole images are taken), a number in (0, 1) a fraction of them; None or 0 = no validation split (the paper
+    trains on every training question)."""
+    validation_seed: Annotated[int, AtLeast(0), PREPARE_TIME] = 0
+    """Seed of the validation draw (the same seed and size give the same split)."""
     append_caption: bool = True
     """Ablation "caption in the query": append the image caption to the question, as the official code
     does. It leaks visual content into the text and so confounds visual ablations; off = question only."""
@@ -61,6 +70,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.validation_size == 0:  # one spelling of "none", so that 0 and null prepare the same data
+            object.__setattr__(self, "validation_size", None)
         if self.clue_min_tokens > self.clue_max_tokens:
             raise FieldError("clue_min_tokens", self.clue_min_tokens, f"<= clue_max_tokens ({self.clue_max_tokens})")
         if self.gs112k_test_queries == "gemkr" and self.dataset != "okvqa-gs112k":

@@ -33,6 +33,8 @@ class TrackingConfig:
     """W&B project."""
     tags: tuple[str, ...] = ()
     """Extra tags (the cell and the dataset are always added)."""
+    group: str | None = None
+    """W&B group (default: the cell's name; a search groups its trials under the search's name)."""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -53,6 +55,9 @@ class ExperimentConfig:
     LLM and its tokenizer are tied; DATA_ROOT/tokenizer for "tiny-llama")."""
     limit_train: Annotated[int, AtLeast(1)] | None = None
     """Use only the first N instruction rows (quick runs)."""
+    split: Literal["test", "validation"] = "test"
+    """Which split the run decodes and scores: test (the paper's tables), or validation, held out of the
+    training questions by `data.validation_size` (what a search tunes on; it never reads test metrics)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -204,6 +209,9 @@ def _key_lines(node, prefix: str = "") -> dict[str, int]:
             out[dotted] = key.start_mark.line + 1
             out |= _key_lines(value, dotted + ".")
     return out
+
+
+key_lines = _key_lines
 
 
 def _leaf_keys(d: dict, prefix: str = "") -> list[str]:

@@ -23,7 +23,7 @@ from gemkr_lab.config.checks import prepare_time_fields
 from gemkr_lab.config.data import DataConfig
 from gemkr_lab.data.clue_targets import ClueFinder, ClueStats
 from gemkr_lab.data.datasets import Dataset
-from gemkr_lab.data.queries import DataError, ReadReport
+from gemkr_lab.data.queries import DataError, Query, ReadReport
 from gemkr_lab.data.regions import (
     CACHE_INPUTS,
     YoloDetector,
@@ -32,6 +32,7 @@ from gemkr_lab.data.regions import (
     missing_regions,
     save_regions,
 )
+from gemkr_lab.data.validation import Split, hold_out
 from gemkr_lab.io import clean_stale, write_json, write_jsonl
 from gemkr_lab.kb import open_index
 from gemkr_lab.kb.from_corpus import build_index_from_corpus
@@ -103,6 +104,15 @@ class Preparer:
         self.progress = progress
         self.summary: list[dict[str, str]] = []
         self.fingerprints: dict[str, str] = {}
+        self._held_out: Split | None = None
+
+    def training_split(self) -> Split:
+        """The training questions, less the validation split held out of them (drawn once)."""
+        if self._held_out is None:
+            self._held_out = hold_out(
+                self.dataset.queries("train"), self.config.validation_size, self.config.validation_seed
+            )
+        return self._held_out
 
     def run(self) -> list[dict[str, str]]:
         """Every step in order; returns what was made or skipped, and why.
@@ -132,7 +142,8 @@ class Preparer:
         self._step("index", index_inputs, self._index)
         splits = [s for s in ("train", "test") if self.dataset.has_split(s)]
         query_fps = {s: file_fingerprint(self.dataset.query_file(s)) for s in splits}
-        query_inputs: dict[str, Any] = {"files": query_fps}
+        held_out = {"size": self.config.validation_size, "seed": self.config.validation_seed}
+        query_inputs: dict[str, Any] = {"files": query_fps, "validation": held_out}
         if self.dataset.layout.gemkr_test is not None:  # which file was chosen, and the other one it is checked with
             layout = self.dataset.layout
             both = {f: self.dataset.root / f for f in (layout.gemkr_test, layout.test)}
@@ -140,7 +151,12 @@ class Preparer:
             query_inputs["checked"] = {f: file_fingerprint(p) for f, p in both.items() if p.is_file()}
         self._step("queries", query_inputs, lambda: self._queries(splits))
         if "train" in splits:
-            knobs = {"min": self.config.clue_min_tokens, "max": self.config.clue_max_tokens, "texts_crs": crs}
+            knobs = {
+                "min": self.config.clue_min_tokens,
+                "max": self.config.clue_max_tokens,
+                "texts_crs": crs,
+                "validation": held_out,  # its questions are not trained on
+            }
             inputs = {"corpus": corpus_fp, "tokenizer": tok_fp, "train": query_fps["train"], "knobs": knobs}
             self._step("clues", inputs, self._clues)
         else:
@@ -157,6 +173,8 @@ class Preparer:
         else:
             self._step("regions", {"detector": detector, "queries": query_fps}, lambda: self._regions(splits))
         summary = {"dataset": self.config.dataset, "steps": self.summary}
+        if "train" in splits:
+            summary["validation"] = self.training_split().description
         if "test" in splits:
             summary["test_queries"] = self.dataset.test_source_note(self.config.gs112k_test_queries)
         write_json(self.out / "prepare_summary.json", summary)
@@ -190,13 +208,16 @@ class Preparer:
     def _outputs_exist(self, name: str) -> bool:
         expected = {
             "index": [self.out / "index" / "meta.json"],
-            "queries": [self.out / "queries_test.jsonl"],
+            "queries": [self.out / "queries_test.jsonl", *self._validation_file()],
             "clues": [self.out / "instructions_train.jsonl", self.out / "clue_stats.json"],
             "regions": [self.out / "regions"],
         }[name]
         if name == "regions" and (self.out / "regions").is_dir():  # partly deleted: every image needs its file
             return not missing_regions(self.out / "regions", self._image_ids())
         return all(p.exists() for p in expected)
+
+    def _validation_file(self) -> list[Path]:
+        return [self.out / "queries_validation.jsonl"] if self.config.validation_size else []
 
     def _image_ids(self) -> list[str]:
         """The images of every query of the splits being prepared."""
@@ -220,9 +241,20 @@ class Preparer:
 
     def _queries(self, splits: list[str]) -> str:
         parts = []
+        (self.out / "queries_validation.jsonl").unlink(missing_ok=True)  # none unless this draw makes one
         for split in splits:
             report = ReadReport()
             queries = self.dataset.queries(split, report)
+            if split == "train":
+                held = self.training_split()
+                queries = held.train
+                if held.validation:
+                    write_jsonl(self.out / "queries_validation.jsonl", (asdict(q) for q in held.validation))
+                    d = held.description
+                    parts.append(
+                        f"validation: {d['questions']} of the {d['training_questions_before']} training questions "
+                        f"held out ({d['images']} whole images, size {d['size']}, seed {d['seed']})"
+                    )
             write_jsonl(self.out / f"queries_{split}.jsonl", (asdict(q) for q in queries))
             source = f" {self.dataset.test_source_note(self.config.gs112k_test_queries)}" if split == "test" else ""
             parts.append(f"{split}: {report.describe()}{source}")
@@ -245,7 +277,7 @@ class Preparer:
         index = open_index(self.out / "index", tokenizer_fingerprint=tokenizer_fingerprint(self.tokenizer))
         finder = ClueFinder(index, self.tokenizer, self.config.clue_min_tokens, self.config.clue_max_tokens)
         stats, rows, missing = ClueStats(), [], 0
-        queries = self.dataset.queries("train")
+        queries: list[Query] = self.training_split().train  # the validation split is never trained on
         # stream the corpus once for the texts of the relevant passages only (21M passages do not fit a dict)
         texts = texts_for(
             self.dataset.corpus,

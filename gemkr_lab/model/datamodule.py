@@ -194,6 +194,21 @@ class GeMKRDataModule(L.LightningDataModule):
         self.test_rows = _read_jsonl(self.prepared / "queries_test.jsonl")
         self._images = self.benchmark.images()
 
+    def eval_rows(self, split: str) -> list[dict]:
+        """The queries of an evaluation split ("test", or "validation" when `prepare` held one out)."""
+        if split == "test":
+            return self.test_rows
+        if split != "validation":
+            raise ValueError(f"no evaluation split {split!r} (test or validation)")
+        if not hasattr(self, "_validation_rows"):
+            path = self.prepared / "queries_validation.jsonl"
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path}: {self.prepared} has no validation split; prepare it with data.validation_size set"
+                )
+            self._validation_rows = _read_jsonl(path)
+        return self._validation_rows
+
     def region_features(self, image_id: str, split: str) -> torch.Tensor:
         """[P, width] CLS features of the image's cached crops (zero rows for absent objects)."""
         key = (image_id, split)
@@ -234,7 +249,7 @@ class GeMKRDataModule(L.LightningDataModule):
         Called when a loader is made (Lightning asks for it after moving the model to its device), so worker
         processes never touch the tower and a GPU tower never receives CPU crops.
         """
-        rows = self.train_rows if split == "train" else self.test_rows
+        rows = self.train_rows if split == "train" else self.eval_rows(split)
         for image_id in dict.fromkeys(r["image_id"] for r in rows):
             self.region_features(image_id, split)
 
@@ -290,10 +305,22 @@ class GeMKRDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         """Test queries in file order."""
-        ds = _Rows(self.test_rows, self, "test")
-        self.cache_region_features("test")
+        return self.eval_dataloader("test")
+
+    def eval_dataloader(self, split: str, limit: int | None = None) -> DataLoader:
+        """The queries of `split` (test or validation) in file order, the first `limit` of them if given.
+
+        Validation queries get the test-time inputs (eval transform) but their real region features: only the
+        test split reproduces the official zeroing bug (`zero_region_features_at_test`).
+        """
+        rows = self.eval_rows(split)[:limit]
+        self.cache_region_features(split)
         return DataLoader(
-            ds, batch_size=self.batch_size, shuffle=False, collate_fn=collate, num_workers=self.num_workers
+            _Rows(rows, self, split),
+            batch_size=self.batch_size,
+            shuffle=False,
+            collate_fn=collate,
+            num_workers=self.num_workers,
         )
 
 

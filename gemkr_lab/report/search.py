@@ -1,5 +1,11 @@
-"""Reports of an Optuna search: the trials table, the optimisation history and parameter importance."""
+"""Reports of an Optuna search: trials on validation, the selected configuration, and its test result.
 
+`summary.md` first says what was tuned on what: every trial's objective is a validation number; the test split
+appears once, for the selected configuration, labelled, with mean ± sample std over the final seeds.
+"""
+
+import json
+import statistics
 import warnings
 from pathlib import Path
 
@@ -9,13 +15,13 @@ import pandas as pd
 from gemkr_lab.io import write_text
 from gemkr_lab.report.output import check_out, report_directory
 from gemkr_lab.sweep import study as study_mod
-from gemkr_lab.sweep.search import SearchSweep
+from gemkr_lab.sweep.search import SELECTED, SearchSweep, read_final, write_selected_preset
 
 
 def write_search_report(
     sweep: SearchSweep, out: str | Path, storage: str | None = None, overwrite: bool = False
 ) -> pd.DataFrame:
-    """Trials as Markdown/CSV, plus `history.png` and (with 2+ complete trials) `importance.png`.
+    """`trials.md`/`.csv`, `summary.md`, `selected.yaml` and plots (history, importances, slices).
 
     `storage`: the Optuna storage URL the search ran with (default: the journal under its root); it is only
     read: a missing storage or study is refused and nothing is created, in the storage or in `out`. `out` is
@@ -25,23 +31,116 @@ def write_search_report(
     out = Path(out)
     check_out(out, overwrite)  # before any work
     study = study_mod.existing_study(sweep.name, storage, Path(sweep.root))
+    table = trials_table(sweep, study)
+    final = read_final(sweep)
+    with report_directory(out, sweep=sweep.name, kind="search", overwrite=overwrite) as stage:
+        write_text(stage / "trials.md", table.to_markdown(index=False))
+        write_text(stage / "trials.csv", table.to_csv(index=False))
+        write_text(stage / "summary.md", summary(sweep, study, final))
+        best = _best(study)
+        written = Path(sweep.root) / SELECTED  # by the final step, with the prepared data it used
+        if final is not None and written.is_file():
+            write_text(stage / SELECTED, written.read_text(encoding="utf-8"))
+        elif best is not None:
+            write_selected_preset(sweep, best.params, stage / SELECTED, trial=best.number, value=best.value)
+        _plots(sweep, study, stage)
+    return table
+
+
+def trials_table(sweep: SearchSweep, study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: state, params, the validation objective, what was reported along the way, cost."""
     rows = []
+    column = f"{sweep.objective} (validation)"
     for t in study.get_trials(deepcopy=False):
+        manifest = _manifest(t.user_attrs.get("run"))
+        steps = sorted(t.intermediate_values)
         rows.append(
             {
                 "trial": t.number,
                 "state": t.state.name,
-                sweep.objective: t.value,
                 **t.params,
+                column: t.value,
+                "last reported step": steps[-1] if steps else None,
+                "value there": t.intermediate_values[steps[-1]] if steps else None,
+                "train s": manifest.get("train_seconds"),
+                "decode ms/query": manifest.get("decode_ms_per_query"),
                 "error": t.user_attrs.get("error", ""),
             }
         )
-    table = pd.DataFrame(rows)
-    with report_directory(out, sweep=sweep.name, kind="search", overwrite=overwrite) as stage:
-        write_text(stage / "trials.md", table.to_markdown(index=False))
-        write_text(stage / "trials.csv", table.to_csv(index=False))
-        _plots(sweep, study, stage)
-    return table
+    return pd.DataFrame(rows)
+
+
+def summary(sweep: SearchSweep, study: optuna.Study, final: dict | None) -> str:
+    """Markdown: what was tuned on which split, the selected trial, and its test result (or how to get it)."""
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    counted = ", ".join(f"{states.count(s)} {s.lower()}" for s in sorted(set(states)))
+    s = sweep.settings
+    lines = [
+        f"# Search {sweep.name}",
+        "",
+        f"Tuned on the **validation** split (held out of the training questions); {s.n_trials} trials "
+        f"({counted}); objective {s.objective} ({s.direction}); sampler {s.sampler}, pruner {s.pruner}"
+        + (
+            f" on decoded validation subsets of {s.eval_queries} queries every {s.eval_every_n_steps} steps."
+            if s.eval_every_n_steps
+            else "."
+        ),
+        "",
+    ]
+    best = _best(study)
+    if best is None:
+        return "\n".join([*lines, "No trial completed: nothing selected.", ""])
+    params = ", ".join(f"{k}={v}" for k, v in best.params.items())
+    lines += [
+        f"Selected: trial {best.number} ({params}), written as `{SELECTED}` (train it: `gemkr-lab train {SELECTED}`).",
+        "",
+    ]
+    if final is None:
+        lines += [
+            "The test split has not been evaluated: it is touched once, after every trial "
+            "(`gemkr-lab sweep SWEEP.yaml --finalize`).",
+            "",
+        ]
+        return "\n".join(lines)
+    seeds = final["seeds"]
+    metrics = list(next(iter(seeds.values()))["means"])
+    head = f"| split | what | {' | '.join(metrics)} |"
+    rule = "|" + "---|" * (len(metrics) + 2)
+    validation = (
+        f"| validation | trial {final['trial']} (seed {sweep.seed}) | "
+        + " | ".join(_pct(best.value) if m == sweep.objective else "" for m in metrics)
+        + " |"
+    )
+    test = (
+        f"| test | selected, seeds {', '.join(seeds)} | "
+        + " | ".join(_mean_std([v["means"][m] for v in seeds.values()]) for m in metrics)
+        + " |"
+    )
+    lines += [head, rule, validation, test, "", "Values in %; test: mean ± sample std over the final seeds.", ""]
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.1f}"
+
+
+def _mean_std(values: list[float]) -> str:
+    mean = 100 * statistics.fmean(values)
+    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
+
+
+def _best(study: optuna.Study):
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def _manifest(run: str | None) -> dict:
+    try:
+        return json.loads((Path(run) / "manifest.json").read_text(encoding="utf-8")) if run else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _plots(sweep: SearchSweep, study: optuna.Study, out: Path) -> None:
@@ -52,17 +151,18 @@ def _plots(sweep: SearchSweep, study: optuna.Study, out: Path) -> None:
     from optuna.visualization import matplotlib as ovm
 
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    plots = [("history.png", ovm.plot_optimization_history)]
-    if len(complete) >= 2 and len(sweep.space) >= 1:
-        plots.append(("importance.png", ovm.plot_param_importances))
+    plots = [("history.png", ovm.plot_optimization_history), ("intermediate.png", ovm.plot_intermediate_values)]
+    if len(complete) >= 2:
+        plots += [("importance.png", ovm.plot_param_importances), ("slice.png", ovm.plot_slice)]
     for name, plot in plots:
         try:
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                warnings.simplefilter("ignore")
                 ax = plot(study)
-        except (ValueError, RuntimeError):
-            continue  # too few distinct trials for this plot
-        fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            continue  # too few distinct trials (or values) for this plot
+        first = ax.flat[0] if hasattr(ax, "flat") else ax
+        fig = first.figure
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)

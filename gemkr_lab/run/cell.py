@@ -1,4 +1,4 @@
-"""One ablation cell end to end: train -> decode the test split -> score -> a run directory.
+"""One ablation cell end to end: train -> decode its split (test, or validation) -> score -> a run directory.
 
 A run is its resolved config. Run directories are `<root>/<cell>/seed-<s>/<fingerprint>/`, where the
 fingerprint covers everything that changes the result: the resolved experiment config (not where files are,
@@ -18,7 +18,7 @@ import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -26,6 +26,9 @@ from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, apply_ove
 from gemkr_lab.io import lock
 from gemkr_lab.kb.storage import write_json, write_text
 from gemkr_lab.numerics import hardware
+
+if TYPE_CHECKING:  # Lightning loads only where a run trains
+    from gemkr_lab.run.intermediate import IntermediateEvaluation
 
 MANIFEST = "manifest.json"
 RUN_LOCK = "run.lock"
@@ -57,13 +60,18 @@ def run_fingerprint(config: ExperimentConfig) -> str:
     return _fingerprint(config, check_prepared(config), NOT_IDENTITY)
 
 
-def training_fingerprint(config: ExperimentConfig, stamp: dict[str, Any]) -> str:
-    """What identifies a run's trained model: the resolved config except decoding, and the prepared data.
+NOT_TRAINING = (*NOT_IDENTITY, "decoding", "split")
+"""Fields that change what a trained model is asked, not the model: decoding and the split it decodes."""
 
-    Cells that differ only in decoding (beam size, search, constraint, clue-to-document policy, 8-bit, ...)
-    share it, so one training serves them all (`_trained_elsewhere`).
+
+def training_fingerprint(config: ExperimentConfig, stamp: dict[str, Any]) -> str:
+    """What identifies a run's trained model: the resolved config except decoding and split, and the data.
+
+    Cells that differ only in decoding (beam size, search, constraint, clue-to-document policy, 8-bit, ...) or
+    in the split they decode (a search trial on validation, the selected configuration on test) share it, so
+    one training serves them all (`_trained_elsewhere`).
     """
-    return _fingerprint(config, stamp, (*NOT_IDENTITY, "decoding"))
+    return _fingerprint(config, stamp, NOT_TRAINING)
 
 
 def run_dir(root: str | Path, config: ExperimentConfig) -> Path:
@@ -93,7 +101,18 @@ def check_prepared(config: ExperimentConfig, overrides: list[str] | tuple[str, .
             f"{config.prepared}: prepared with other settings than {config.name} ({listed}); "
             f"prepare matching data into another folder: {fix} --set prepared=NEW_FOLDER"
         )
+    if config.split == "validation" and not (Path(config.prepared) / split_file("validation")).is_file():
+        raise DataError(
+            f"{config.prepared}: no validation split to decode (split=validation); hold one out of the training "
+            f"questions: set data.validation_size (e.g. 0.2) and prepare: {fix} --set data.validation_size=0.2 "
+            "--set prepared=NEW_FOLDER"
+        )
     return stamp
+
+
+def split_file(split: str) -> str:
+    """The prepared queries file of an evaluation split."""
+    return f"queries_{split}.jsonl"
 
 
 def prepare_command(config: ExperimentConfig, overrides: list[str] | tuple[str, ...] = ()) -> str:
@@ -109,11 +128,14 @@ def run_cell(
     overrides: list[str] | None = None,
     *,
     lock_until_exit: bool = False,
+    intermediate: "IntermediateEvaluation | None" = None,
 ) -> dict:
     """Train, decode and score one cell for one seed; returns the mean metrics.
 
     `lock_until_exit`: hold the run's lock until this process ends, not only while in here (the `run-cell`
     process a sweep launches: its lock then also covers its teardown, so a free lock means it is gone).
+    `intermediate`: decode a validation subset every N steps while training and report it (a search trial's
+    pruning; built by the caller, which decides what a report does).
     """
     from gemkr_lab.data.queries import DataError
     from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint
@@ -139,10 +161,12 @@ def run_cell(
     rank = int(os.environ.get("LOCAL_RANK") or 0)
     held = lock(out / RUN_LOCK, what=f"run {out}", until_exit=lock_until_exit) if not rank else None
     with held or contextlib.nullcontext():
-        return _run_locked(config, seed, out, stamp, tokenizer, overrides)
+        return _run_locked(config, seed, out, stamp, tokenizer, overrides, intermediate)
 
 
-def _run_locked(config: ExperimentConfig, seed: int, out: Path, stamp: dict, tokenizer, overrides) -> dict:
+def _run_locked(
+    config: ExperimentConfig, seed: int, out: Path, stamp: dict, tokenizer, overrides, intermediate=None
+) -> dict:
     manifest = read_manifest(out)
     if manifest and manifest.get("status") == "complete":
         return json.loads((out / "metrics.json").read_text(encoding="utf-8"))["means"]
@@ -153,7 +177,7 @@ def _run_locked(config: ExperimentConfig, seed: int, out: Path, stamp: dict, tok
     manifest["train_seconds_attempts"] = earlier
     write_json(out / MANIFEST, manifest)
     try:
-        metrics = _train_decode_score(config, out, manifest, tokenizer)
+        metrics = _train_decode_score(config, out, manifest, tokenizer, intermediate)
     except BaseException as exc:
         pruned = type(exc).__name__ == "TrialPruned"  # an Optuna search stopped this trial early
         manifest.update(status="pruned" if pruned else "failed", error=f"{type(exc).__name__}: {exc}", finished=_now())
@@ -214,7 +238,7 @@ def _prepared_tokenizer(config: ExperimentConfig) -> str:
         return "a tokenizer not recorded"
 
 
-def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict, tokenizer) -> dict:
+def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict, tokenizer, intermediate=None) -> dict:
     from gemkr_lab.kb import open_index
     from gemkr_lab.kb.tokenize import tokenizer_fingerprint
 
@@ -233,7 +257,10 @@ def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict, tok
     write_json(out / MANIFEST, manifest)
     started = time.perf_counter()
     try:
-        module = _fit(config, out, tokenizer, logger=logger or False, callbacks=_search_callbacks())
+        callbacks = (
+            [] if intermediate is None else [_intermediate_callback(config, index, tokenizer, intermediate, out)]
+        )
+        module = _fit(config, out, tokenizer, logger=logger or False, callbacks=callbacks)
     finally:  # every attempt's training time counts (cost columns), a failed or stopped one's too
         manifest["train_seconds_attempts"].append(round(time.perf_counter() - started, 2))
         manifest["train_seconds"] = round(sum(manifest["train_seconds_attempts"]), 2)
@@ -316,7 +343,7 @@ def load_trained(config: ExperimentConfig, ckpt: Path, tokenizer):
 
 
 def _decode_and_score(config: ExperimentConfig, model, datamodule, index, tokenizer, out: Path):
-    """Decode the test split with `config.decoding`, write records, run and metrics into `out`."""
+    """Decode the config's split with `config.decoding`, write records, run and metrics into `out`."""
     from gemkr_lab.decoding import write_records, write_records_run
     from gemkr_lab.metrics import evaluate
     from gemkr_lab.model.infer import decode_batches
@@ -325,22 +352,50 @@ def _decode_and_score(config: ExperimentConfig, model, datamodule, index, tokeni
     if not config.decoding.llm_in_8bit:  # 8-bit decoding quantises on the GPU itself; an 8-bit LLM cannot move
         model = model.to(run_device(config.train))  # Lightning hands the module back on the CPU after fit
     started = time.perf_counter()
-    records = decode_batches(model, datamodule.test_dataloader(), index, config.decoding, tokenizer)
+    records = decode_batches(model, datamodule.eval_dataloader(config.split), index, config.decoding, tokenizer)
     ms = round(1000 * (time.perf_counter() - started) / max(len(records), 1), 2)
     write_records(out / "records.jsonl", records)
     write_records_run(out / "run.txt", records, tag=config.name)
     ranked = {r.qid: r.ranked_ids for r in records}
     evaluation = evaluate(ranked, relevance_for(config, ranked), ks=(1, 5, 10))
-    write_json(out / "metrics.json", {"means": evaluation.means, "per_query": evaluation.per_query})
+    payload = {"split": config.split, "means": evaluation.means, "per_query": evaluation.per_query}
+    write_json(out / "metrics.json", payload)
     return evaluation, records, ms
 
 
-def _search_callbacks() -> list:
-    """The pruning reporter when this process runs a trial of an Optuna search."""
-    from gemkr_lab.sweep.search import reporter_from_env
+INTERMEDIATE = "intermediate.json"
+"""The decoded intermediate evaluations of a run, [{step, queries, means}] (a search's pruning record)."""
 
-    reporter = reporter_from_env()
-    return [reporter] if reporter is not None else []
+
+def _intermediate_callback(config: ExperimentConfig, index, tokenizer, plan: "IntermediateEvaluation", out: Path):
+    """The Lightning callback that decodes `plan.queries` validation queries every `plan.every_n_steps` steps.
+
+    Each evaluation is recorded in `out/intermediate.json` before it is reported (a report may stop the run).
+    """
+    from gemkr_lab.metrics import evaluate
+    from gemkr_lab.model.infer import decode_batches
+    from gemkr_lab.run.intermediate import DecodedEvaluationCallback
+
+    def decoded_means(model, datamodule) -> dict[str, float]:
+        loader = datamodule.eval_dataloader("validation", limit=plan.queries)
+        records = decode_batches(model, loader, index, config.decoding, tokenizer, progress=False)
+        ranked = {r.qid: r.ranked_ids for r in records}
+        relevance = relevance_for(config, ranked, "validation", only_ranked=True)  # the subset's queries
+        return evaluate(ranked, relevance, ks=(1, 5, 10)).means
+
+    def record_and_report(step: int, means: dict[str, float]) -> None:
+        done = read_intermediate(out)
+        kept = [e for e in done if e["step"] < step]  # a resumed run evaluates its steps after the checkpoint again
+        write_json(out / INTERMEDIATE, [*kept, {"step": step, "queries": plan.queries, "means": means}])
+        plan.report(step, means)
+
+    return DecodedEvaluationCallback(dataclasses.replace(plan, report=record_and_report), decoded_means)
+
+
+def read_intermediate(out: Path) -> list[dict]:
+    """A run's recorded intermediate evaluations (empty when it had none)."""
+    path = out / INTERMEDIATE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
 
 
 def _logger(config: ExperimentConfig, out: Path, manifest: dict):
@@ -354,7 +409,7 @@ def _logger(config: ExperimentConfig, out: Path, manifest: dict):
         out,
         manifest["wandb_run_id"],
         project=config.tracking.project,
-        group=config.name,
+        group=config.tracking.group or config.name,
         name=f"{config.name}-seed{manifest['seed']}",
         tags=[config.name, config.data.dataset, *config.tracking.tags],
         config=to_dict(config),
@@ -362,16 +417,23 @@ def _logger(config: ExperimentConfig, out: Path, manifest: dict):
     )
 
 
-def relevance_for(config: ExperimentConfig, ranked: dict[str, list[str]]):
+def relevance_for(
+    config: ExperimentConfig, ranked: dict[str, list[str]], split: str | None = None, only_ranked: bool = False
+):
     """Gold passages (ReMuQ, the synthetic world) or answer strings (OK-VQA), as the benchmark defines.
 
-    For answers, only the texts of the ranked documents are read (streaming the corpus once).
+    The queries of `split` (default: the config's); with `only_ranked`, only those in `ranked` are judged (a
+    subset decoded on purpose; otherwise a query missing from the run counts as a miss). For answers, only the
+    texts of the ranked documents are read (streaming the corpus once).
     """
     from gemkr_lab.data.datasets import LAYOUTS, Dataset
     from gemkr_lab.metrics import AnswerRelevance, QrelsRelevance
     from gemkr_lab.metrics.relevance import texts_for
 
-    rows = [json.loads(x) for x in (Path(config.prepared) / "queries_test.jsonl").read_text().splitlines() if x]
+    path = Path(config.prepared) / split_file(split or config.split)
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x]
+    if only_ranked:
+        rows = [r for r in rows if r["qid"] in ranked]
     layout = LAYOUTS[config.data.dataset]
     if layout.relevance == "gold":
         return QrelsRelevance({r["qid"]: {p: 1 for p in r["positives"]} for r in rows})
@@ -390,6 +452,7 @@ def _manifest(config: ExperimentConfig, seed: int, stamp: dict, previous: dict |
         "cell": config.name,
         "seed": seed,
         "status": "running",
+        "split": config.split,
         "started": (previous or {}).get("started", _now()),
         "attempts": (previous or {}).get("attempts", 0) + 1,
         "git": _git(),
@@ -398,7 +461,7 @@ def _manifest(config: ExperimentConfig, seed: int, stamp: dict, previous: dict |
         "dataset": {
             "name": config.data.dataset,
             "data_root": str(config.data_root),
-            "queries_fingerprint": file_fingerprint(prepared / "queries_test.jsonl"),
+            "queries_fingerprint": file_fingerprint(prepared / split_file(config.split)),
         },
         "index": {
             "corpus_fingerprint": index_meta["corpus_fingerprint"],

@@ -1,26 +1,36 @@
-"""Optuna search sweeps: a space over config keys, an objective, a sampler and a pruner.
+"""Optuna search sweeps: tune on the validation split, report the test split once, at the end.
 
     name: lr-search
     root: runs/lr-search
     base: tiny-cpu/full
     seed: 0
-    overrides: [train.max_steps=300]
+    overrides: [train.max_steps=300, data.validation_size=0.2]   # a validation split is required
     search:
       space:
         train.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
         model.attention_flow: {type: categorical, choices: [dual, joint]}
-      objective: R@5
-      direction: maximize
+      enqueue: [{train.lr: 2.0e-3, model.attention_flow: dual}]  # optional: trials to run first
+      objective: R@5            # measured on validation
       n_trials: 8
-      sampler: tpe        # tpe | random
-      pruner: median      # median | none
+      sampler: tpe              # tpe | random | grid
+      pruner: median            # none | median | successive_halving | hyperband
+      eval_every_n_steps: 100   # decode `eval_queries` validation queries every 100 steps for the pruner
+      final_seeds: [0, 1]       # the selected configuration on test
 
-Trials run like grid cells (a fresh process each, in the same storage, the same run directories keyed by
-trial number). Pruning: the training process reports the negated training loss of every epoch to its trial
-through a Lightning callback and stops when the pruner says so (there is no validation loop to monitor,
-which optuna-integration's callback needs).
+Why validation: a configuration chosen by its test score has seen the test queries; its test number is then
+an optimistic estimate, which a reviewer rightly rejects. So a trial is a run with `split=validation` (it
+decodes only the validation queries held out of the training questions by `data.validation_size`), its
+intermediate values are decoded validation objectives (`gemkr_lab.run.intermediate`), and only when every
+trial is done (or `sweep --finalize`) is the best trial's configuration run with `split=test`, over
+`final_seeds`, as ordinary runs named `<base>@selected`. A final run whose seed is the search's seed decodes
+the best trial's own checkpoint (the split is not part of a training's identity): nothing is trained twice.
+
+Trials run like grid cells: a fresh `run-cell` process each, in the sweep's storage, run directories keyed by
+trial number. Search settings are checked like every config (`gemkr_lab.config.search.SearchSettings`): an
+unknown key, a bad value or a space key that is not a config field stops with the file and line.
 """
 
+import dataclasses
 import json
 import os
 import threading
@@ -29,18 +39,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import optuna
 import yaml
 from optuna.trial import TrialState
 
-from gemkr_lab.config.experiment import ConfigError, load_experiment
-from gemkr_lab.run.cell import read_manifest, run_dir, with_seed
+from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, build, key_lines, load_experiment
+from gemkr_lab.config.search import SearchSettings
+from gemkr_lab.io import write_json, write_text
+from gemkr_lab.run.cell import read_intermediate, read_manifest, run_dir, with_seed
 from gemkr_lab.sweep import study as study_mod
 from gemkr_lab.sweep.variants import prepared_overrides
 
 PRUNED_EXIT = 3
 _ENV = ("GEMKR_OPTUNA_STORAGE", "GEMKR_OPTUNA_STUDY", "GEMKR_OPTUNA_TRIAL")
+_SETTINGS_ENV = "GEMKR_SEARCH_SETTINGS"
+"""The search settings and the trials' step budget, as JSON: a trial process rebuilds the same pruner from
+them (Optuna keeps pruners out of its storage; a study loaded without one would prune by Optuna's defaults)."""
+TOP_KEYS = ("name", "root", "base", "seed", "overrides", "search")
+SEARCH_KEYS = ("space", "enqueue")
+SELECTED = "selected.yaml"
+"""The selected configuration, written as an experiment preset (`gemkr-lab train ROOT/selected.yaml`)."""
+FINAL = "final.json"
+"""The final test-split evaluation of the selected configuration: trial, params, seeds, run dirs, means."""
 
 
 @dataclass(frozen=True)
@@ -52,143 +72,257 @@ class SearchSweep:
     base: str
     seed: int
     space: dict[str, dict[str, Any]]
-    objective: str = "R@5"
-    direction: str = "maximize"
-    n_trials: int = 10
-    sampler: str = "tpe"
-    pruner: str = "median"
-    overrides: tuple[str, ...] = field(default_factory=tuple)
+    settings: SearchSettings = field(default_factory=SearchSettings)
+    overrides: tuple[str, ...] = ()
+    enqueue: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def objective(self) -> str:
+        """The tuned metric (on validation)."""
+        return self.settings.objective
+
+    @property
+    def final_seeds(self) -> tuple[int, ...]:
+        """Seeds of the final test-split runs."""
+        return self.settings.final_seeds or (self.seed,)
+
+    @property
+    def selected_cell(self) -> str:
+        """The name of the selected configuration's final runs."""
+        return f"{self.base}@selected"
 
 
-def load_search(raw: dict, path: Path) -> SearchSweep:
-    """Validate a search sweep (space, objective, sampler, pruner); every error names the file."""
-    search = raw.get("search") or {}
-    unknown = set(search) - {"space", "objective", "direction", "n_trials", "sampler", "pruner"}
-    if unknown:
-        raise ConfigError(f"{path}: unknown search keys {sorted(unknown)}")
+def load_search_file(path: str | Path) -> SearchSweep:
+    """Read and check a search sweep file; every error names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such sweep file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text) or {}
+        lines = key_lines(yaml.compose(text))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    return load_search(raw, path, lines)
+
+
+def load_search(raw: dict, path: Path, lines: dict[str, int] | None = None) -> SearchSweep:
+    """Check a search sweep (keys, settings, space, validation split); nothing is created."""
+    lines = lines or {}
+
+    def at(key: str) -> str:
+        return f"{path}:{lines[key]}" if key in lines else str(path)
+
+    if not isinstance(raw, dict) or not isinstance(raw.get("search"), dict):
+        raise ConfigError(f"{path}: a search sweep is a mapping with a `search:` section")
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise ConfigError(f"{at(key)}: unknown key {key!r}; a search sweep has {', '.join(TOP_KEYS)}")
+    for key in ("name", "base"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ConfigError(f"{at(key)}: `{key}:` must name the {'search' if key == 'name' else 'experiment'}")
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"{at('seed')}: seed {seed!r} is not an integer >= 0")
+    overrides = raw.get("overrides") or []
+    if not isinstance(overrides, list):
+        raise ConfigError(f"{at('overrides')}: overrides must be a list of key=value")
+    search = dict(raw["search"])
+    space, enqueue = search.pop("space", None), search.pop("enqueue", None) or []
+    sources = {k: at(k) for k in lines if k.startswith("search.")}
+    settings = build(SearchSettings, search, where=at("search"), sources=sources, prefix="search.")
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"{at('search.space')}: search.space must map config keys to distributions")
+    if not isinstance(enqueue, list) or not all(isinstance(e, dict) for e in enqueue):
+        raise ConfigError(f"{at('search.enqueue')}: search.enqueue is a list of {{key: value}} trials")
     sweep = SearchSweep(
-        name=str(raw["name"]),
+        name=raw["name"],
         root=str(raw.get("root", f"runs/{raw['name']}")),
-        base=str(raw.get("base", "")),
-        seed=int(raw.get("seed", 0)),
-        space=search.get("space") or {},
-        objective=search.get("objective", "R@5"),
-        direction=search.get("direction", "maximize"),
-        n_trials=int(search.get("n_trials", 10)),
-        sampler=search.get("sampler", "tpe"),
-        pruner=search.get("pruner", "median"),
-        overrides=tuple(raw.get("overrides") or ()),
+        base=raw["base"],
+        seed=seed,
+        space=space,
+        settings=settings,
+        overrides=tuple(str(o) for o in overrides),
+        enqueue=tuple(enqueue),
     )
-    if not sweep.base:
-        raise ConfigError(f"{path}: a search sweep needs `base:` (the experiment it searches around)")
-    if not sweep.space:
-        raise ConfigError(f"{path}: search.space is empty")
-    if sweep.direction not in ("maximize", "minimize"):
-        raise ConfigError(f"{path}: search.direction must be maximize or minimize")
-    if sweep.sampler not in ("tpe", "random") or sweep.pruner not in ("median", "none"):
-        raise ConfigError(f"{path}: search.sampler is tpe|random and search.pruner is median|none")
-    if sweep.objective not in {f"{m}@{k}" for m in ("P", "R", "Recall", "MRR") for k in (1, 5, 10)}:
-        raise ConfigError(f"{path}: search.objective {sweep.objective!r} is not a reported metric (e.g. R@5)")
-    distributions(sweep, path)  # validates every entry of the space
+    try:
+        config = load_experiment(sweep.base, sweep.overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{at('base')}: {exc}") from exc
+    if not config.data.validation_size:
+        raise ConfigError(
+            f"{at('overrides')}: a search tunes on a validation split, and {sweep.base} holds none out; add "
+            "data.validation_size=0.2 (a share of the training questions, or a count) to overrides "
+            "(tuning on the test split would report a number the search has already seen)"
+        )
+    distributions(sweep, path, lines)
+    for i, trial in enumerate(sweep.enqueue):
+        unknown = set(trial) - set(sweep.space)
+        if unknown:
+            raise ConfigError(f"{at('search.enqueue')}: enqueued trial {i}: {sorted(unknown)} not in search.space")
+        _compose(sweep, [f"{k}={json.dumps(v)}" for k, v in trial.items()], f"{at('search.enqueue')}: trial {i}")
     return sweep
 
 
-def distributions(sweep: SearchSweep, where: Path | str) -> dict[str, optuna.distributions.BaseDistribution]:
-    """Optuna distributions of the space; each key must be a valid config path (checked by composing)."""
+def distributions(
+    sweep: SearchSweep, where: Path | str, lines: dict[str, int] | None = None
+) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Optuna distributions of the space; every key must be a config field whose type admits its bounds."""
     out = {}
     for key, spec in sweep.space.items():
-        kind = (spec or {}).get("type")
+        line = (lines or {}).get(f"search.space.{key}")
+        here = f"{where}:{line}" if line else str(where)
+        kind = (spec or {}).get("type") if isinstance(spec, dict) else None
         try:
             if kind == "float":
                 dist = optuna.distributions.FloatDistribution(
                     float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False))
                 )
-                sample = dist.low
+                values = [dist.low, dist.high]
             elif kind == "int":
                 dist = optuna.distributions.IntDistribution(
                     int(spec["low"]), int(spec["high"]), log=bool(spec.get("log", False))
                 )
-                sample = dist.low
+                values = [dist.low, dist.high]
             elif kind == "categorical":
-                choices = list(spec["choices"])
-                if not choices:
+                values = list(spec["choices"])
+                if not values:
                     raise ValueError("no choices")
-                dist = optuna.distributions.CategoricalDistribution(choices)
-                sample = choices[0]
+                dist = optuna.distributions.CategoricalDistribution(values)
             else:
                 raise ValueError(f"type must be float, int or categorical, got {kind!r}")
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: search.space[{key!r}] is invalid ({exc})") from exc
-        load_experiment(sweep.base, [*sweep.overrides, f"{key}={json.dumps(sample)}"])  # a wrong key fails here
+            raise ConfigError(f"{here}: search.space[{key!r}] is invalid ({exc})") from exc
+        if sweep.settings.sampler == "grid" and kind != "categorical":
+            raise ConfigError(f"{here}: search.sampler grid needs categorical choices; {key!r} is {kind}")
+        for value in values:  # a wrong key or a bound its type refuses fails here
+            _compose(sweep, [f"{key}={json.dumps(value)}"], f"{here}: search.space[{key!r}]")
         out[key] = dist
     return out
 
 
+def _compose(sweep: SearchSweep, extra: list[str], where: str) -> ExperimentConfig:
+    try:
+        return load_experiment(sweep.base, [*sweep.overrides, *extra])
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _sampler(sweep: SearchSweep) -> optuna.samplers.BaseSampler:
+    if sweep.settings.sampler == "grid":
+        grid = {k: list(v["choices"]) for k, v in sweep.space.items()}
+        return optuna.samplers.GridSampler(grid, seed=sweep.seed)
+    if sweep.settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=sweep.seed)
+    return optuna.samplers.TPESampler(seed=sweep.seed)
+
+
+def _pruner(s: SearchSettings, max_steps: int) -> optuna.pruners.BasePruner:
+    if s.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=s.pruner_startup_trials, n_warmup_steps=s.pruner_warmup_steps
+        )
+    if s.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=s.eval_every_n_steps)
+    if s.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=s.eval_every_n_steps, max_resource=max_steps)
+    return optuna.pruners.NopPruner()
+
+
+def trial_overrides(sweep: SearchSweep, params: dict[str, Any], name: str, split: str) -> list[str]:
+    """The overrides of one run of the search: its params, the split it decodes, grouped under the search."""
+    return [
+        *sweep.overrides,
+        *(f"{k}={json.dumps(v)}" for k, v in params.items()),
+        f"split={split}",
+        f"name={name}",
+        f"tracking.group={json.dumps(sweep.name)}",
+    ]
+
+
 def run_search(
-    sweep: SearchSweep, workers: int = 1, storage: str | None = None, new_study: bool = False, gpus_per_trial: int = 0
+    sweep: SearchSweep,
+    workers: int = 1,
+    storage: str | None = None,
+    new_study: bool = False,
+    gpus_per_trial: int = 0,
+    finalize: bool | None = None,
 ) -> dict:
-    """Run trials until `n_trials` exist (complete, pruned or failed), `workers` at a time."""
+    """Run trials until `n_trials` exist (complete, pruned or failed), `workers` at a time; then finalize.
+
+    `finalize` (default: the file's `search.finalize`): when every trial is done, run the selected
+    configuration on the test split (`finalize_search`). Returns the trial states, the best trial and the
+    final result (None until finalized).
+    """
     from gemkr_lab.sweep.grid import _gpu_groups, launch
 
     store = study_mod.open_storage(storage, Path(sweep.root))
-    fp = study_mod.fingerprint([sweep.base], [sweep.seed], [*sweep.overrides, json.dumps(sweep.space, sort_keys=True)])
-    sampler = (
-        optuna.samplers.TPESampler(seed=sweep.seed)
-        if sweep.sampler == "tpe"
-        else optuna.samplers.RandomSampler(seed=sweep.seed)
-    )
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if sweep.pruner == "median" else optuna.pruners.NopPruner()
-    study = _search_study(sweep, store, fp, sampler, pruner, new_study)
+    study = _search_study(sweep, store, new_study)
     study_mod.requeue_stale(study, store, retries=0)
     dists = distributions(sweep, sweep.name)
     groups = _gpu_groups(workers, gpus_per_trial)
     lock = threading.Lock()
-    url = storage or f"journal:{Path(sweep.root).resolve() / 'optuna-journal.log'}"
+    url = storage or f"journal:{Path(sweep.root).resolve() / study_mod.JOURNAL}"
+    s = sweep.settings
+    eval_env = {}
+    if s.eval_every_n_steps is not None:
+        max_steps = load_experiment(sweep.base, sweep.overrides).train.max_steps
+        eval_env[_SETTINGS_ENV] = json.dumps({"settings": dataclasses.asdict(s), "max_steps": max_steps})
 
     def worker(slot: int) -> None:
         while True:
             with lock:
-                started = len(
-                    study.get_trials(
-                        deepcopy=False,
-                        states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING),
-                    )
+                started = study.get_trials(
+                    deepcopy=False,
+                    states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING),
                 )
-                if started >= sweep.n_trials:
+                if len(started) >= s.n_trials:
                     return
                 trial = study.ask(dists)
-            name = f"{sweep.base}@trial-{trial.number:04d}"
-            overrides = [*sweep.overrides, *(f"{k}={json.dumps(v)}" for k, v in trial.params.items()), f"name={name}"]
-            env = {
-                "GEMKR_OPTUNA_STORAGE": url,
-                "GEMKR_OPTUNA_STUDY": sweep.name,
-                "GEMKR_OPTUNA_TRIAL": str(trial._trial_id),
-            }
-            overrides += prepared_overrides(load_experiment(sweep.base, overrides), sweep.root)
+                name = f"{sweep.base}@trial-{trial.number:04d}"
+                overrides = trial_overrides(sweep, trial.params, name, "validation")
+                # prepared one at a time (and transformers' lazy imports are not thread-safe)
+                overrides += prepared_overrides(load_experiment(sweep.base, overrides), sweep.root)
+            env = dict(zip(_ENV, (url, sweep.name, str(trial._trial_id)), strict=True)) | eval_env
             out = run_dir(sweep.root, with_seed(load_experiment(sweep.base, overrides), sweep.seed))
+            study_mod.retrying(store.set_trial_user_attr, trial._trial_id, "run", str(out))
             stop = threading.Event()
             with study_mod.Heartbeat(store, trial._trial_id, on_lost=stop.set) as beat:
                 code = launch(sweep.base, overrides, sweep.seed, sweep.root, out, groups[slot], env, stop=stop)
             if beat.lost.is_set():  # judged dead by another command, which finished the trial: run stopped
                 continue
-            manifest = read_manifest(out) or {}
-            try:
-                if code == 0 and manifest.get("status") == "complete":
-                    means = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["means"]
-                    study_mod.retrying(study.tell, trial, means[sweep.objective], skip_if_finished=True)
-                elif code == PRUNED_EXIT:
-                    study_mod.retrying(study.tell, trial, state=TrialState.PRUNED, skip_if_finished=True)
-                else:
-                    error = manifest.get("error", f"exit {code}")
-                    study_mod.retrying(store.set_trial_user_attr, trial._trial_id, "error", error)
-                    study_mod.retrying(study.tell, trial, state=TrialState.FAIL, skip_if_finished=True)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # finished by someone else meanwhile
+            _tell(study, store, trial, code, out, s.objective)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(worker, range(max(1, workers))))
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
-    return {s: states.count(s) for s in sorted(set(states))} | {"best": _best(study)}
+    result = {st: states.count(st) for st in sorted(set(states))} | {"best": _best(study), "final": None}
+    if s.finalize if finalize is None else finalize:
+        result["final"] = finalize_search(sweep, storage, workers=workers, gpus_per_trial=gpus_per_trial)
+    return result
+
+
+def _tell(study: optuna.Study, store, trial, code: int, out: Path, objective: str) -> None:
+    manifest = read_manifest(out) or {}
+    try:
+        if code == 0 and manifest.get("status") == "complete":
+            metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+            if metrics.get("split") != "validation":  # never: a trial's objective is a validation number
+                raise RuntimeError(f"{out}: a search trial scored split {metrics.get('split')!r}")
+            if not store.get_trial(
+                trial._trial_id
+            ).intermediate_values:  # a run found complete (reused): its record stands in
+                for entry in read_intermediate(out):
+                    study_mod.retrying(trial.report, entry["means"][objective], step=entry["step"])
+            study_mod.retrying(study.tell, trial, metrics["means"][objective], skip_if_finished=True)
+        elif code == PRUNED_EXIT:
+            study_mod.retrying(study.tell, trial, state=TrialState.PRUNED, skip_if_finished=True)
+        else:
+            error = manifest.get("error", f"exit {code}")
+            study_mod.retrying(store.set_trial_user_attr, trial._trial_id, "error", error)
+            study_mod.retrying(study.tell, trial, state=TrialState.FAIL, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # finished by someone else meanwhile
 
 
 def _best(study: optuna.Study) -> dict | None:
@@ -199,8 +333,115 @@ def _best(study: optuna.Study) -> dict | None:
     return {"number": best.number, "value": best.value, "params": best.params}
 
 
-def _search_study(sweep, store, fp, sampler, pruner, new_study) -> optuna.Study:
+def selected_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The best complete trial by its validation objective (ties: the earliest trial, as Optuna keeps)."""
+    try:
+        return study.best_trial
+    except ValueError:
+        raise ConfigError(f"search {study.study_name!r} has no complete trial to select") from None
+
+
+def finalize_search(sweep: SearchSweep, storage: str | None = None, workers: int = 1, gpus_per_trial: int = 0) -> dict:
+    """The test split, touched once: the selected configuration trained and scored on test over `final_seeds`.
+
+    Refused while trials are still running or to run. Writes `ROOT/selected.yaml` (the configuration as an
+    experiment preset) and `ROOT/final.json` (trial, params, seeds, run directories and their test means).
+    Final runs are ordinary runs (`split: test`); run again, complete ones are read back, never rerun.
+    """
+    from gemkr_lab.sweep.grid import _gpu_groups, launch
+
+    store = study_mod.open_storage(storage, Path(sweep.root))
+    study = _search_study(sweep, store, new_study=False)
+    trials = study.get_trials(deepcopy=False)
+    unfinished = [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    if len(trials) < sweep.settings.n_trials or unfinished:
+        raise ConfigError(
+            f"search {sweep.name}: {len(trials)} of {sweep.settings.n_trials} trials started"
+            + (f", {unfinished} still running" if unfinished else "")
+            + "; the test split is evaluated once, after every trial: run the search to its end first"
+        )
+    best = selected_trial(study)
+    overrides = trial_overrides(sweep, best.params, sweep.selected_cell, "test")
+    prepared = prepared_overrides(load_experiment(sweep.base, overrides), sweep.root)
+    overrides += prepared
+    preset = Path(sweep.root) / SELECTED
+    write_selected_preset(sweep, best.params, preset, extra=prepared, trial=best.number, value=best.value)
+    groups = _gpu_groups(workers, gpus_per_trial)
+    results: dict[int, dict] = {}
+    failed: dict[int, str] = {}
+    lock = threading.Lock()
+    seeds = list(sweep.final_seeds)
+
+    def worker(slot: int) -> None:
+        while True:
+            with lock:
+                if not seeds:
+                    return
+                seed = seeds.pop(0)
+            out = run_dir(sweep.root, with_seed(load_experiment(sweep.base, overrides), seed))
+            code = launch(sweep.base, overrides, seed, sweep.root, out, groups[slot])
+            manifest = read_manifest(out) or {}
+            if code != 0 or manifest.get("status") != "complete":
+                error = manifest.get("error", f"exit {code}")
+                failed[seed] = f"{error}; see {out / 'log.txt'}"
+                continue
+            metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+            results[seed] = {"run": str(out), "split": metrics["split"], "means": metrics["means"]}
+
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(seeds)))) as pool:
+        list(pool.map(worker, range(max(1, min(workers, len(seeds))))))
+    if failed:
+        listed = "; ".join(f"seed {k}: {v}" for k, v in sorted(failed.items()))
+        raise FinalRunError(f"search {sweep.name}: final test runs failed ({listed}); run --finalize again to resume")
+    final = {
+        "trial": best.number,
+        "params": best.params,
+        "validation": {sweep.objective: best.value},
+        "split": "test",
+        "seeds": {str(k): results[k] for k in sorted(results)},
+    }
+    write_json(Path(sweep.root) / FINAL, final)
+    return final
+
+
+class FinalRunError(RuntimeError):
+    """A final test-split run of the selected configuration failed (its log is named)."""
+
+
+def read_final(sweep: SearchSweep) -> dict | None:
+    """The search's final test-split result, or None before `finalize_search` has run."""
+    path = Path(sweep.root) / FINAL
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def write_selected_preset(
+    sweep: SearchSweep, params: dict[str, Any], path: Path, extra: list[str] = (), **note: Any
+) -> None:
+    """The selected configuration as an experiment preset over the search's base (its overrides and params).
+
+    `extra`: further overrides, e.g. where the final runs found their prepared data.
+    """
+    values: dict[str, Any] = {"base": sweep.base}
+    for item in [*sweep.overrides, *(f"{k}={json.dumps(v)}" for k, v in params.items()), *extra]:
+        key, _, raw = item.partition("=")
+        node = values
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw) if raw else None
+    said = ", ".join(f"{k} {v}" for k, v in note.items())
+    header = f"# Selected by search {sweep.name} ({said}, on the validation split).\n"
+    header += f"#   gemkr-lab train {path}\n"
+    write_text(path, header + yaml.safe_dump(values, sort_keys=False))
+
+
+def _search_study(sweep: SearchSweep, store, new_study: bool) -> optuna.Study:
     """Load or create the search's study; a study still being created by another command is waited for."""
+    fp = study_mod.fingerprint(
+        [sweep.base], [sweep.seed], [*sweep.overrides, json.dumps(_identity(sweep), sort_keys=True)]
+    )
+    max_steps = load_experiment(sweep.base, sweep.overrides).train.max_steps
+    sampler, pruner = _sampler(sweep), _pruner(sweep.settings, max_steps)
     study = study_mod.settled_study(sweep.name, store, fp, sampler=sampler, pruner=pruner)
     if study is not None and study.user_attrs.get("fingerprint") != fp:
         if not new_study:
@@ -210,35 +451,39 @@ def _search_study(sweep, store, fp, sampler, pruner, new_study) -> optuna.Study:
     if study is None:
         try:
             study = optuna.create_study(
-                study_name=sweep.name, storage=store, direction=sweep.direction, sampler=sampler, pruner=pruner
+                study_name=sweep.name,
+                storage=store,
+                direction=sweep.settings.direction,
+                sampler=sampler,
+                pruner=pruner,
             )
         except optuna.exceptions.DuplicatedStudyError:  # another command created it a moment ago: wait for it
-            return _search_study(sweep, store, fp, sampler, pruner, new_study=False)
+            return _search_study(sweep, store, new_study=False)
+        for params in sweep.enqueue:
+            study.enqueue_trial(params)
         study.set_user_attr("fingerprint", fp)
     return study
 
 
-class TrialReporter(L.Callback):
-    """Reports each epoch's training loss (negated when maximising) to the trial; prunes when told to."""
-
-    def __init__(self, study: optuna.Study, trial_id: int) -> None:
-        self.trial = optuna.trial.Trial(study, trial_id)
-        self.sign = -1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1.0
-
-    def on_train_epoch_end(self, trainer, module) -> None:
-        """Report the epoch's loss; raise TrialPruned when the pruner stops the trial."""
-        loss = trainer.callback_metrics.get("train/loss")
-        if loss is None:
-            return
-        self.trial.report(self.sign * float(loss), step=trainer.current_epoch)
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {trainer.current_epoch}")
+def _identity(sweep: SearchSweep) -> dict:
+    """What makes a study: the space, enqueued trials and the settings that steer the trials."""
+    s = sweep.settings
+    steering = {k: getattr(s, k) for k in ("objective", "direction", "sampler", "pruner", "eval_every_n_steps")}
+    return {"space": sweep.space, "enqueue": list(sweep.enqueue), **steering, "eval_queries": s.eval_queries}
 
 
-def reporter_from_env() -> TrialReporter | None:
-    """The pruning callback of a trial process (set up by `run_search` through environment variables)."""
-    if not all(os.environ.get(k) for k in _ENV):
+def intermediate_from_env():
+    """A trial's intermediate evaluation (`run.intermediate.IntermediateEvaluation`), or None outside a search.
+
+    Set up by `run_search` through the environment of the trial's `run-cell` process: each decoded validation
+    subset's objective goes to the trial, and a pruner's verdict stops the run (`optuna.TrialPruned`).
+    """
+    if not all(os.environ.get(k) for k in (*_ENV, _SETTINGS_ENV)):
         return None
+    given = json.loads(os.environ[_SETTINGS_ENV])
+    settings = SearchSettings(**given["settings"])
+    from gemkr_lab.run.intermediate import IntermediateEvaluation
+
     url = os.environ["GEMKR_OPTUNA_STORAGE"]
     if url.startswith("journal:"):
         from optuna.storages import JournalStorage
@@ -246,11 +491,34 @@ def reporter_from_env() -> TrialReporter | None:
         store = JournalStorage(study_mod.journal_file(url[len("journal:") :]))
     else:
         store = optuna.storages.RDBStorage(study_mod.storage_url(url))
-    study = optuna.load_study(study_name=os.environ["GEMKR_OPTUNA_STUDY"], storage=store)
-    return TrialReporter(study, int(os.environ["GEMKR_OPTUNA_TRIAL"]))
+    pruner = _pruner(settings, given["max_steps"])
+    study = optuna.load_study(study_name=os.environ["GEMKR_OPTUNA_STUDY"], storage=store, pruner=pruner)
+    trial = optuna.trial.Trial(study, int(os.environ["GEMKR_OPTUNA_TRIAL"]))
+    return IntermediateEvaluation(
+        every_n_steps=settings.eval_every_n_steps,
+        queries=settings.eval_queries,
+        report=TrialReport(trial, settings.objective),
+    )
+
+
+class TrialReport:
+    """Reports a decoded validation objective to an Optuna trial; raises TrialPruned when the pruner says so."""
+
+    def __init__(self, trial: optuna.trial.Trial, objective: str) -> None:
+        self.trial, self.objective = trial, objective
+
+    def __call__(self, step: int, means: dict[str, float]) -> None:
+        """Report `means[objective]` at `step`; stop the run if pruned."""
+        value = means[self.objective]
+        study_mod.retrying(self.trial.report, value, step=step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} ({self.objective} {value:.4f} on the validation subset)")
 
 
 def is_search(path: str | Path) -> bool:
     """Whether a sweep file describes a search (it has `search:`) rather than a grid."""
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    return "search" in raw
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return False  # reported by the loader that reads it, with the file
+    return isinstance(raw, dict) and "search" in raw
