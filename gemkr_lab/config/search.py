@@ -21,6 +21,13 @@ class SearchSettings:
     """The metric tuned, measured on the validation split (never on test)."""
     direction: Literal["maximize", "minimize"] = "maximize"
     """Whether a larger objective is better."""
+    cost: Literal["train_seconds", "decode_ms_per_query"] | None = None
+    """Multi-objective search: a cost minimised beside the objective, the trial's training seconds (device
+    time) or its decoding ms per query; the study then keeps a Pareto front (no pruning: Optuna cannot prune
+    multi-objective trials) and `select_within` chooses on it."""
+    select_within: Annotated[float, AtLeast(0)] = 0.0
+    """Multi-objective selection: among the Pareto-optimal trials whose objective is within this of the best
+    (in the metric's units: 0.01 = 1 point of R@5), the cheapest."""
     n_trials: Annotated[int, AtLeast(1)] = 10
     """Trials in total (complete, pruned or failed)."""
     sampler: Literal["tpe", "random", "grid"] = "tpe"
@@ -47,5 +54,26 @@ class SearchSettings:
             raise FieldError(
                 "pruner", self.pruner, "'none' unless eval_every_n_steps is set (a pruner acts on decoded values)"
             )
+        if self.cost is not None and self.eval_every_n_steps is not None:
+            raise FieldError(
+                "eval_every_n_steps",
+                self.eval_every_n_steps,
+                "null with a cost (multi-objective trials are not pruned)",
+            )
         if self.final_seeds is not None and len(set(self.final_seeds)) != len(self.final_seeds):
             raise FieldError("final_seeds", list(self.final_seeds), "distinct seeds")
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        """The study's directions: the objective's, and "minimize" for the cost."""
+        return (self.direction,) if self.cost is None else (self.direction, "minimize")
+
+    def selection_rule(self) -> str:
+        """How the selected trial is chosen, in words (shown by the report)."""
+        best = "largest" if self.direction == "maximize" else "smallest"
+        if self.cost is None:
+            return f"the {best} validation {self.objective} (ties: the earliest trial)"
+        return (
+            f"among the Pareto-optimal trials whose validation {self.objective} is within {self.select_within:g} "
+            f"of the {best}, the one with the least {self.cost} (ties: the earliest trial)"
+        )

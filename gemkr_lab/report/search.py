@@ -6,6 +6,7 @@ appears once, for the selected configuration, labelled, with mean ± sample std 
 
 import json
 import statistics
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pandas as pd
 from gemkr_lab.io import write_text
 from gemkr_lab.report.output import check_out, report_directory
 from gemkr_lab.sweep import study as study_mod
-from gemkr_lab.sweep.search import SELECTED, SearchSweep, read_final, write_selected_preset
+from gemkr_lab.sweep.search import SELECTED, SearchSweep, read_final, selected_trial, write_selected_preset
 
 
 def write_search_report(
@@ -37,13 +38,13 @@ def write_search_report(
         write_text(stage / "trials.md", table.to_markdown(index=False))
         write_text(stage / "trials.csv", table.to_csv(index=False))
         write_text(stage / "summary.md", summary(sweep, study, final))
-        best = _best(study)
+        best = selected_trial(study, sweep.settings, required=False)
         written = Path(sweep.root) / SELECTED  # by the final step, with the prepared data it used
         if final is not None and written.is_file():
             write_text(stage / SELECTED, written.read_text(encoding="utf-8"))
         elif best is not None:
-            write_selected_preset(sweep, best.params, stage / SELECTED, trial=best.number, value=best.value)
-        _plots(sweep, study, stage)
+            write_selected_preset(sweep, best.params, stage / SELECTED, trial=best.number, values=best.values)
+        _plots(sweep, study, stage, best)
     return table
 
 
@@ -59,7 +60,8 @@ def trials_table(sweep: SearchSweep, study: optuna.Study) -> pd.DataFrame:
                 "trial": t.number,
                 "state": t.state.name,
                 **t.params,
-                column: t.value,
+                column: t.values[0] if t.values else None,
+                **({f"{sweep.settings.cost} (cost)": t.values[1] if t.values else None} if sweep.settings.cost else {}),
                 "last reported step": steps[-1] if steps else None,
                 "value there": t.intermediate_values[steps[-1]] if steps else None,
                 "train s": manifest.get("train_seconds"),
@@ -87,12 +89,13 @@ def summary(sweep: SearchSweep, study: optuna.Study, final: dict | None) -> str:
         ),
         "",
     ]
-    best = _best(study)
+    best = selected_trial(study, sweep.settings, required=False)
     if best is None:
         return "\n".join([*lines, "No trial completed: nothing selected.", ""])
     params = ", ".join(f"{k}={v}" for k, v in best.params.items())
     lines += [
-        f"Selected: trial {best.number} ({params}), written as `{SELECTED}` (train it: `gemkr-lab train {SELECTED}`).",
+        f"Selected: trial {best.number} ({params}); rule: {s.selection_rule()}. Written as `{SELECTED}` "
+        f"(train it: `gemkr-lab train {SELECTED}`).",
         "",
     ]
     if final is None:
@@ -108,7 +111,7 @@ def summary(sweep: SearchSweep, study: optuna.Study, final: dict | None) -> str:
     rule = "|" + "---|" * (len(metrics) + 2)
     validation = (
         f"| validation | trial {final['trial']} (seed {sweep.seed}) | "
-        + " | ".join(_pct(best.value) if m == sweep.objective else "" for m in metrics)
+        + " | ".join(_pct(best.values[0]) if m == sweep.objective else "" for m in metrics)
         + " |"
     )
     test = (
@@ -129,13 +132,6 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
 
 
-def _best(study: optuna.Study):
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
-
-
 def _manifest(run: str | None) -> dict:
     try:
         return json.loads((Path(run) / "manifest.json").read_text(encoding="utf-8")) if run else {}
@@ -143,22 +139,31 @@ def _manifest(run: str | None) -> dict:
         return {}
 
 
-def _plots(sweep: SearchSweep, study: optuna.Study, out: Path) -> None:
+def _plots(sweep: SearchSweep, study: optuna.Study, out: Path, best) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
+    s = sweep.settings
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    plots = [("history.png", ovm.plot_optimization_history), ("intermediate.png", ovm.plot_intermediate_values)]
+    objective = {"target": lambda t: t.values[0], "target_name": f"{s.objective} (validation)"}
+    one = {} if s.cost is None else objective  # multi-objective studies need the value to plot named
+    plots = [("history.png", lambda: ovm.plot_optimization_history(study, **one))]
+    if s.cost is None:
+        plots.append(("intermediate.png", lambda: ovm.plot_intermediate_values(study)))
+    else:
+        names = [f"{s.objective} (validation)", f"{s.cost} (cost)"]
+        plots.append(("pareto.png", lambda: _pareto(study, names, best, s.selection_rule())))
     if len(complete) >= 2:
-        plots += [("importance.png", ovm.plot_param_importances), ("slice.png", ovm.plot_slice)]
+        plots.append(("importance.png", lambda: ovm.plot_param_importances(study, **one)))
+        plots.append(("slice.png", lambda: ovm.plot_slice(study, **one)))
     for name, plot in plots:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ax = plot(study)
+                ax = plot()
         except (ValueError, RuntimeError, ZeroDivisionError):
             continue  # too few distinct trials (or values) for this plot
         first = ax.flat[0] if hasattr(ax, "flat") else ax
@@ -166,3 +171,15 @@ def _plots(sweep: SearchSweep, study: optuna.Study, out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
+
+
+def _pareto(study: optuna.Study, names: list[str], best, rule: str):
+    """Optuna's Pareto-front plot with the selected trial ringed and the rule that chose it in the title."""
+    from optuna.visualization import matplotlib as ovm
+
+    ax = ovm.plot_pareto_front(study, target_names=names)
+    if best is not None:
+        ax.scatter([best.values[0]], [best.values[1]], s=220, facecolors="none", edgecolors="red", linewidths=2)
+        ax.annotate(f"selected: trial {best.number}", (best.values[0], best.values[1]), color="red")
+    ax.set_title("\n".join(textwrap.wrap(f"Pareto front; selected {rule}", 70)), fontsize=8)
+    return ax

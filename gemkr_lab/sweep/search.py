@@ -291,30 +291,32 @@ def run_search(
                 code = launch(sweep.base, overrides, sweep.seed, sweep.root, out, groups[slot], env, stop=stop)
             if beat.lost.is_set():  # judged dead by another command, which finished the trial: run stopped
                 continue
-            _tell(study, store, trial, code, out, s.objective)
+            _tell(study, store, trial, code, out, s)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(worker, range(max(1, workers))))
     states = [t.state.name for t in study.get_trials(deepcopy=False)]
-    result = {st: states.count(st) for st in sorted(set(states))} | {"best": _best(study), "final": None}
+    result = {st: states.count(st) for st in sorted(set(states))} | {"best": _best(study, s), "final": None}
     if s.finalize if finalize is None else finalize:
         result["final"] = finalize_search(sweep, storage, workers=workers, gpus_per_trial=gpus_per_trial)
     return result
 
 
-def _tell(study: optuna.Study, store, trial, code: int, out: Path, objective: str) -> None:
+def _tell(study: optuna.Study, store, trial, code: int, out: Path, settings: SearchSettings) -> None:
     manifest = read_manifest(out) or {}
+    objective = settings.objective
     try:
         if code == 0 and manifest.get("status") == "complete":
             metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
             if metrics.get("split") != "validation":  # never: a trial's objective is a validation number
                 raise RuntimeError(f"{out}: a search trial scored split {metrics.get('split')!r}")
-            if not store.get_trial(
-                trial._trial_id
-            ).intermediate_values:  # a run found complete (reused): its record stands in
+            reported = store.get_trial(trial._trial_id).intermediate_values
+            if settings.cost is None and not reported:  # a run found complete (reused): its record stands in
                 for entry in read_intermediate(out):
                     study_mod.retrying(trial.report, entry["means"][objective], step=entry["step"])
-            study_mod.retrying(study.tell, trial, metrics["means"][objective], skip_if_finished=True)
+            value = metrics["means"][objective]
+            values = value if settings.cost is None else [value, float(manifest[settings.cost])]
+            study_mod.retrying(study.tell, trial, values, skip_if_finished=True)
         elif code == PRUNED_EXIT:
             study_mod.retrying(study.tell, trial, state=TrialState.PRUNED, skip_if_finished=True)
         else:
@@ -325,20 +327,25 @@ def _tell(study: optuna.Study, store, trial, code: int, out: Path, objective: st
         pass  # finished by someone else meanwhile
 
 
-def _best(study: optuna.Study) -> dict | None:
-    try:
-        best = study.best_trial
-    except ValueError:
+def _best(study: optuna.Study, settings: SearchSettings) -> dict | None:
+    best = selected_trial(study, settings, required=False)
+    return None if best is None else {"number": best.number, "values": best.values, "params": best.params}
+
+
+def selected_trial(study: optuna.Study, settings: SearchSettings, required: bool = True):
+    """The trial `settings.selection_rule()` chooses among the complete ones (None if none, unless `required`)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        if required:
+            raise ConfigError(f"search {study.study_name!r} has no complete trial to select")
         return None
-    return {"number": best.number, "value": best.value, "params": best.params}
-
-
-def selected_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    """The best complete trial by its validation objective (ties: the earliest trial, as Optuna keeps)."""
-    try:
-        return study.best_trial
-    except ValueError:
-        raise ConfigError(f"search {study.study_name!r} has no complete trial to select") from None
+    sign = 1.0 if settings.direction == "maximize" else -1.0
+    if settings.cost is None:
+        return max(complete, key=lambda t: (sign * t.values[0], -t.number))
+    front = study.best_trials
+    best = max(sign * t.values[0] for t in front)
+    close = [t for t in front if sign * t.values[0] >= best - settings.select_within]
+    return min(close, key=lambda t: (t.values[1], t.number))
 
 
 def finalize_search(sweep: SearchSweep, storage: str | None = None, workers: int = 1, gpus_per_trial: int = 0) -> dict:
@@ -360,12 +367,12 @@ def finalize_search(sweep: SearchSweep, storage: str | None = None, workers: int
             + (f", {unfinished} still running" if unfinished else "")
             + "; the test split is evaluated once, after every trial: run the search to its end first"
         )
-    best = selected_trial(study)
+    best = selected_trial(study, sweep.settings)
     overrides = trial_overrides(sweep, best.params, sweep.selected_cell, "test")
     prepared = prepared_overrides(load_experiment(sweep.base, overrides), sweep.root)
     overrides += prepared
     preset = Path(sweep.root) / SELECTED
-    write_selected_preset(sweep, best.params, preset, extra=prepared, trial=best.number, value=best.value)
+    write_selected_preset(sweep, best.params, preset, extra=prepared, trial=best.number, values=best.values)
     groups = _gpu_groups(workers, gpus_per_trial)
     results: dict[int, dict] = {}
     failed: dict[int, str] = {}
@@ -396,12 +403,18 @@ def finalize_search(sweep: SearchSweep, storage: str | None = None, workers: int
     final = {
         "trial": best.number,
         "params": best.params,
-        "validation": {sweep.objective: best.value},
+        "validation": dict(zip(value_names(sweep.settings), best.values, strict=True)),
+        "rule": sweep.settings.selection_rule(),
         "split": "test",
         "seeds": {str(k): results[k] for k in sorted(results)},
     }
     write_json(Path(sweep.root) / FINAL, final)
     return final
+
+
+def value_names(settings: SearchSettings) -> list[str]:
+    """What a trial's values are: the objective, and the cost in a multi-objective search."""
+    return [settings.objective] + ([settings.cost] if settings.cost else [])
 
 
 class FinalRunError(RuntimeError):
@@ -436,30 +449,39 @@ def write_selected_preset(
 
 
 def _search_study(sweep: SearchSweep, store, new_study: bool) -> optuna.Study:
-    """Load or create the search's study; a study still being created by another command is waited for."""
+    """Load or create the search's study (its fingerprint: base, seed, overrides, space and steering)."""
     fp = study_mod.fingerprint(
         [sweep.base], [sweep.seed], [*sweep.overrides, json.dumps(_identity(sweep), sort_keys=True)]
     )
     max_steps = load_experiment(sweep.base, sweep.overrides).train.max_steps
     sampler, pruner = _sampler(sweep), _pruner(sweep.settings, max_steps)
-    study = study_mod.settled_study(sweep.name, store, fp, sampler=sampler, pruner=pruner)
+    return open_search_study(
+        sweep.name, sweep.settings.directions, store, fp, sampler, pruner, new_study, enqueue=sweep.enqueue
+    )
+
+
+def open_search_study(
+    name: str, directions, store, fp: str, sampler, pruner, new_study: bool, enqueue=()
+) -> optuna.Study:
+    """Load or create a study; a study still being created by another command is waited for.
+
+    Race-free with other commands starting at the same moment: one creates it (the storage refuses a second
+    study of the same name), enqueues its first trials and sets the fingerprint last; the others wait for that.
+    """
+    study = study_mod.settled_study(name, store, fp, sampler=sampler, pruner=pruner)
     if study is not None and study.user_attrs.get("fingerprint") != fp:
         if not new_study:
-            raise ConfigError(f"the sweep file changed since study {sweep.name!r} was made; pass --new-study")
-        optuna.delete_study(study_name=sweep.name, storage=store)
+            raise ConfigError(f"the sweep file changed since study {name!r} was made; pass --new-study")
+        optuna.delete_study(study_name=name, storage=store)
         study = None
     if study is None:
         try:
             study = optuna.create_study(
-                study_name=sweep.name,
-                storage=store,
-                direction=sweep.settings.direction,
-                sampler=sampler,
-                pruner=pruner,
+                study_name=name, storage=store, directions=list(directions), sampler=sampler, pruner=pruner
             )
         except optuna.exceptions.DuplicatedStudyError:  # another command created it a moment ago: wait for it
-            return _search_study(sweep, store, new_study=False)
-        for params in sweep.enqueue:
+            return open_search_study(name, directions, store, fp, sampler, pruner, False, enqueue)
+        for params in enqueue:
             study.enqueue_trial(params)
         study.set_user_attr("fingerprint", fp)
     return study
@@ -468,7 +490,7 @@ def _search_study(sweep: SearchSweep, store, new_study: bool) -> optuna.Study:
 def _identity(sweep: SearchSweep) -> dict:
     """What makes a study: the space, enqueued trials and the settings that steer the trials."""
     s = sweep.settings
-    steering = {k: getattr(s, k) for k in ("objective", "direction", "sampler", "pruner", "eval_every_n_steps")}
+    steering = {k: getattr(s, k) for k in ("objective", "direction", "cost", "sampler", "pruner", "eval_every_n_steps")}
     return {"space": sweep.space, "enqueue": list(sweep.enqueue), **steering, "eval_queries": s.eval_queries}
 
 

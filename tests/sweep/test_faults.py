@@ -322,14 +322,13 @@ _CREATOR = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from types import SimpleNamespace
     import optuna
     from gemkr_lab.sweep import study as s
 
     url, root, name, kind, go = sys.argv[1] or None, Path(sys.argv[2]), sys.argv[3], sys.argv[4], Path(sys.argv[5])
     delay = float(sys.argv[6])
     if kind == "search":
-        from gemkr_lab.sweep.search import _search_study  # imports Lightning: before the start
+        from gemkr_lab.sweep.search import open_search_study  # imports optuna's samplers: before the start
     store = s.open_storage(url, root)
     print("ready", flush=True)
     while not go.exists():  # every process starts at the same instant (and some a few ms later, mid-creation)
@@ -340,7 +339,7 @@ _CREATOR = textwrap.dedent(
         print(len(study.get_trials(deepcopy=False)))
     else:
         sampler, pruner = optuna.samplers.RandomSampler(0), optuna.pruners.NopPruner()
-        study = _search_study(SimpleNamespace(name=name, direction="maximize"), store, "fp", sampler, pruner, False)
+        study = open_search_study(name, ["maximize"], store, "fp", sampler, pruner, False)
         print(study.user_attrs["fingerprint"])
     """
 )

@@ -1,5 +1,6 @@
 """Optuna search sweeps: checked files, decoded intermediate values, pruning, and the test split touched once."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import yaml
 
 from gemkr_lab.cli import main
 from gemkr_lab.config.experiment import load_experiment
+from gemkr_lab.sweep import study as study_mod
 from gemkr_lab.sweep.search import FINAL, SELECTED, TrialReport, load_search_file, run_search
 
 GOOD = """\
@@ -208,3 +210,66 @@ def test_a_trial_process_prunes_with_the_search_s_own_pruner(tmp_path, monkeypat
     assert (plan.every_n_steps, plan.queries) == (10, 8)
     with pytest.raises(optuna.TrialPruned):  # Optuna's default MedianPruner (5 startup trials) would go on
         plan.report(10, {"R@5": 0.1})
+
+
+def _fabricated(tmp_path, settings: dict, trials: list[tuple[dict, list[float]]]):
+    """A search sweep and its study with finished trials (no runs), as the report reads them."""
+    from gemkr_lab.sweep.search import _search_study
+
+    raw = yaml.safe_load(GOOD.format(root=tmp_path / "runs"))
+    raw["search"]["space"] = {
+        "train.lr": {"type": "categorical", "choices": sorted({p["train.lr"] for p, _ in trials})}
+    }
+    raw["search"].update(settings)
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    sweep = load_search_file(path)
+    store = study_mod.open_storage(None, tmp_path / "runs")
+    study = _search_study(sweep, store, new_study=False)
+    dists = {"train.lr": optuna.distributions.CategoricalDistribution(raw["search"]["space"]["train.lr"]["choices"])}
+    for params, values in trials:
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, values=values))
+    return path, sweep, study
+
+
+def test_multi_objective_selects_the_cheapest_close_to_the_best_and_draws_the_front(tmp_path):
+    from gemkr_lab.sweep.search import selected_trial
+
+    trials = [({"train.lr": 0.001}, [0.90, 300.0]), ({"train.lr": 0.002}, [0.895, 100.0]),
+              ({"train.lr": 0.003}, [0.80, 50.0]), ({"train.lr": 0.004}, [0.70, 400.0])]  # fmt: skip
+    path, sweep, study = _fabricated(tmp_path, {"cost": "train_seconds", "select_within": 0.01}, trials)
+    assert sweep.settings.directions == ("maximize", "minimize")
+    assert selected_trial(study, sweep.settings).number == 1  # within 1 point of 0.90, and 3x cheaper
+    strict = dataclasses.replace(sweep.settings, select_within=0.0)
+    assert selected_trial(study, strict).number == 0
+    out = tmp_path / "report"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    assert (out / "pareto.png").stat().st_size > 0
+    summary = (out / "summary.md").read_text(encoding="utf-8")
+    assert (
+        "Selected: trial 1 (train.lr=0.002); rule: among" in summary
+        and "within 0.01" in summary
+        and "least train_seconds" in summary
+    )
+    assert "has not been evaluated" in summary  # no test figure before the final step
+    assert load_experiment(str(out / SELECTED)).train.lr == 0.002
+    table = (out / "trials.csv").read_text(encoding="utf-8")
+    assert "R@5 (validation)" in table and "train_seconds (cost)" in table
+
+
+def test_a_multi_objective_search_is_not_pruned(tmp_path, capsys):
+    path = tmp_path / "search.yaml"
+    text = GOOD.format(root=tmp_path / "runs") + "  cost: decode_ms_per_query\n  eval_every_n_steps: 10\n"
+    path.write_text(text, encoding="utf-8")
+    assert main(["sweep", str(path)]) == 2
+    assert "multi-objective trials are not pruned" in capsys.readouterr().err
+
+
+def test_single_objective_selection_keeps_the_earliest_of_equals(tmp_path):
+    from gemkr_lab.sweep.search import selected_trial
+
+    trials = [({"train.lr": 0.001}, [0.5]), ({"train.lr": 0.002}, [0.7]), ({"train.lr": 0.003}, [0.7])]
+    _, sweep, study = _fabricated(tmp_path, {}, trials)
+    assert selected_trial(study, sweep.settings).number == 1
+    minimise = dataclasses.replace(sweep.settings, direction="minimize")
+    assert selected_trial(study, minimise).number == 0
