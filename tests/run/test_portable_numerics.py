@@ -267,3 +267,16 @@ def test_the_report_notes_runs_of_different_numerics(monkeypatch, tmp_path):
 
 def test_numerics_error_is_a_user_error():
     assert issubclass(NumericsError, ValueError)  # the CLI prints one line and exits 2
+
+
+def test_evaluate_applies_the_numerics_the_run_was_trained_with(monkeypatch, tmp_path):
+    import yaml
+
+    from gemkr_lab.config.experiment import to_dict
+
+    monkeypatch.setattr(numerics, "_state", None)
+    for preset, wanted in (("tiny-cpu/full", True), ("paper/gemkr-7b", False)):
+        run = tmp_path / preset.replace("/", "__")
+        run.mkdir()
+        (run / "config.yaml").write_text(yaml.safe_dump(to_dict(load_experiment(preset)), sort_keys=False))
+        assert numerics.apply_for_run(run)["requested"] is wanted
