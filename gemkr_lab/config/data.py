@@ -23,7 +23,14 @@ class DataConfig:
     """Ablation "clue length": clue targets have at most this many tokens (paper cap: 9), and decoding stops
     there too unless `decoding.max_clue_tokens` sets its own cap."""
     clue_min_tokens: Annotated[int, AtLeast(1), PREPARE_TIME] = 2
-    """Clue targets have at least this many tokens (a 1-token clue is rarely unique and says little)."""
+    """Clue targets have at least this many tokens (a 1-token clue is rarely unique and says little; the
+    harness's reference keeps 2, the spec's reconstruction proposes 4: gemkr_spec.md §3.3)."""
+    clue_length_policy: Annotated[Literal["shortest_unique", "target_length"], PREPARE_TIME] = "shortest_unique"
+    """Ablation "clue length": which unique window of a passage (answer-overlapping ones first) is the target.
+    shortest_unique = the shortest (the reference); target_length = the one closest to `clue_target_tokens`
+    tokens, as close as the passage allows within `clue_min_tokens`..`clue_max_tokens`."""
+    clue_target_tokens: Annotated[Annotated[int, AtLeast(1)] | None, PREPARE_TIME] = None
+    """Ablation "clue length": the length the target_length policy aims at (null with shortest_unique)."""
     detector: Annotated[Literal["yolo", "ground_truth", "none"], PREPARE_TIME] = "ground_truth"
     """Object regions from an ultralytics YOLO (weights from a local path), from the dataset's ground-truth
     boxes (the synthetic world has them), or none (object-prefix ablations that need no regions)."""
@@ -74,6 +81,16 @@ class DataConfig:
             object.__setattr__(self, "validation_size", None)
         if self.clue_min_tokens > self.clue_max_tokens:
             raise FieldError("clue_min_tokens", self.clue_min_tokens, f"<= clue_max_tokens ({self.clue_max_tokens})")
+        if self.clue_length_policy == "target_length" and not (
+            self.clue_target_tokens is not None
+            and self.clue_min_tokens <= self.clue_target_tokens <= self.clue_max_tokens
+        ):
+            bounds = f"clue_min_tokens..clue_max_tokens ({self.clue_min_tokens}..{self.clue_max_tokens})"
+            raise FieldError("clue_target_tokens", self.clue_target_tokens, f"a length within {bounds}")
+        if self.clue_length_policy == "shortest_unique" and self.clue_target_tokens is not None:
+            raise FieldError(
+                "clue_target_tokens", self.clue_target_tokens, "null with clue_length_policy 'shortest_unique'"
+            )
         if self.gs112k_test_queries == "gemkr" and self.dataset != "okvqa-gs112k":
             raise FieldError(
                 "gs112k_test_queries",

@@ -4,7 +4,10 @@ For a query and a relevant passage, a clue is a span of the passage's tokens (as
 place, so the target is a path the constrained decoder can take) that occurs in exactly one KB document.
 No clue-construction script was released (gemkr_spec.md §3.3); this is the harness's reconstruction:
 word-aligned windows of `min..max` tokens, ordered by (overlaps an answer first, shorter first, ends on a
-word boundary, closer to the answer, earlier), the first that only this document contains wins.
+word boundary, closer to the answer, earlier), the first that only this document contains wins ("shortest
+unique", the reference). With a target length N (`DataConfig.clue_length_policy` "target_length", the clue-length
+ablation), "shorter first" becomes "closer to N tokens first" (of two equally close, the shorter): the target is
+the unique answer-overlapping window of N tokens, or of the length nearest N that the passage allows.
 """
 
 from collections import Counter
@@ -41,12 +44,15 @@ class ClueStats:
     lengths: Counter = field(default_factory=Counter)
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready statistics."""
+        """JSON-ready statistics: coverage, the realized length histogram and mean, the answer-overlap share."""
+        total = sum(self.lengths.values())
         return {
             "pairs": self.pairs,
             "pairs_with_clue": self.with_clue,
             "coverage": self.with_clue / self.pairs if self.pairs else 0.0,
             "clues_overlapping_answer": self.overlapping_answer,
+            "answer_overlap_share": self.overlapping_answer / self.with_clue if self.with_clue else 0.0,
+            "mean_length": sum(k * v for k, v in self.lengths.items()) / total if total else 0.0,
             "queries": self.queries,
             "queries_without_clue": self.queries_without_clue,
             "length_histogram": {str(k): v for k, v in sorted(self.lengths.items())},
@@ -56,11 +62,14 @@ class ClueStats:
 class ClueFinder:
     """Finds clue targets in one index with the tokenizer it was built with."""
 
-    def __init__(self, index: KBIndex, tokenizer: Any, min_tokens: int, max_tokens: int) -> None:
+    def __init__(
+        self, index: KBIndex, tokenizer: Any, min_tokens: int, max_tokens: int, target_tokens: int | None = None
+    ) -> None:
         self.index = index
         self.tokenizer = tokenizer
         self.min_tokens = min_tokens
         self.max_tokens = max_tokens
+        self.target_tokens = target_tokens  # None: shortest unique; N: closest to N tokens
 
     def find(self, doc: int, text: str, answers: Sequence[str]) -> ClueTarget | None:
         """The preferred unique span of document `doc` (whose text is `text`), or None if it has none."""
@@ -84,8 +93,9 @@ class ClueFinder:
                 overlap = span is not None and s < span[1] and span[0] < e
                 mid_word = e < n and not _word_start(text, offsets[e])
                 distance = abs((s + e) / 2 - (span[0] + span[1]) / 2) if span else 0.0
-                candidates.append((not overlap, length, mid_word, distance, s))
-        for not_overlap, length, _, _, s in sorted(candidates):
+                off_target = 0 if self.target_tokens is None else abs(length - self.target_tokens)
+                candidates.append((not overlap, off_target, length, mid_word, distance, s))
+        for not_overlap, _, length, _, _, s in sorted(candidates):
             window = tokens[s : s + length]
             if self._unique_to(window, doc):
                 return ClueTarget(

@@ -12,6 +12,7 @@ Runs compare that stamp with their own settings (`stamp_differences`) and key th
 import hashlib
 import json
 import shutil
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -70,7 +71,12 @@ def stamp_differences(stamp: dict[str, Any], config: DataConfig) -> list[tuple[s
     """(field, prepared value, wanted value) for every prepare-time setting where the two differ."""
     wanted = prepare_settings(config)
     made = stamp.get("settings", {})
-    return [(k, made.get(k), v) for k, v in wanted.items() if made.get(k) != v]
+    # a folder stamped before a setting existed was made as that setting's default does
+    made = {k: made.get(k, _DEFAULTS[k]) for k in wanted}
+    return [(k, made[k], v) for k, v in wanted.items() if made[k] != v]
+
+
+_DEFAULTS = prepare_settings(DataConfig())
 
 
 class Preparer:
@@ -157,6 +163,8 @@ class Preparer:
                 "texts_crs": crs,
                 "validation": held_out,  # its questions are not trained on
             }
+            if self.config.clue_length_policy != "shortest_unique":  # the reference's steps keep their stamps
+                knobs |= {"policy": self.config.clue_length_policy, "target": self.config.clue_target_tokens}
             inputs = {"corpus": corpus_fp, "tokenizer": tok_fp, "train": query_fps["train"], "knobs": knobs}
             self._step("clues", inputs, self._clues)
         else:
@@ -175,6 +183,7 @@ class Preparer:
         summary = {"dataset": self.config.dataset, "steps": self.summary}
         if "train" in splits:
             summary["validation"] = self.training_split().description
+            summary["clue_targets"] = clue_targets_summary(self.out)
         if "test" in splits:
             summary["test_queries"] = self.dataset.test_source_note(self.config.gs112k_test_queries)
         write_json(self.out / "prepare_summary.json", summary)
@@ -275,7 +284,8 @@ class Preparer:
 
     def _clues(self) -> str:
         index = open_index(self.out / "index", tokenizer_fingerprint=tokenizer_fingerprint(self.tokenizer))
-        finder = ClueFinder(index, self.tokenizer, self.config.clue_min_tokens, self.config.clue_max_tokens)
+        c = self.config
+        finder = ClueFinder(index, self.tokenizer, c.clue_min_tokens, c.clue_max_tokens, c.clue_target_tokens)
         stats, rows, missing = ClueStats(), [], 0
         queries: list[Query] = self.training_split().train  # the validation split is never trained on
         # stream the corpus once for the texts of the relevant passages only (21M passages do not fit a dict)
@@ -314,12 +324,21 @@ class Preparer:
                     }
                 )
             stats.queries_without_clue += not found
-        summary = stats.summary() | {"relevant_passages_absent_from_corpus": missing}
+        policy = {"length_policy": c.clue_length_policy, "target_tokens": c.clue_target_tokens}
+        per_question = Counter(Counter(r["qid"] for r in rows).values())
+        shape = {
+            "rows": len(rows),
+            "questions_with_rows": stats.queries - stats.queries_without_clue,
+            "rows_per_question_histogram": {str(k): v for k, v in sorted(per_question.items())},
+        }
+        summary = policy | stats.summary() | shape | {"relevant_passages_absent_from_corpus": missing}
         write_jsonl(self.out / "instructions_train.jsonl", rows)
         write_json(self.out / "clue_stats.json", summary)
         return (
             f"{stats.with_clue}/{stats.pairs} pairs with a clue ({summary['coverage']:.1%}), "
-            f"{stats.queries_without_clue} queries without one, {missing} relevant ids absent from the corpus"
+            f"{stats.queries_without_clue} queries without one, {missing} relevant ids absent from the corpus; "
+            f"{_policy_note(c)}: mean length {summary['mean_length']:.2f} tokens, "
+            f"{summary['answer_overlap_share']:.1%} overlap the answer"
         )
 
     def _regions(self, splits: list[str]) -> str:
@@ -358,6 +377,37 @@ class Preparer:
                     counts.append(len(regions))
         empty = sum(1 for c in counts if c == 0)
         return f"{len(todo)} images detected ({len(image_ids) - len(todo)} cached), {empty} without any region"
+
+
+def clue_targets_summary(prepared: str | Path) -> dict[str, Any] | None:
+    """What the training targets of a prepared folder are (its clue_stats.json; None when it has none).
+
+    Policy, realized length histogram and mean, answer-overlap share, rows, questions and rows per question.
+    """
+    path = Path(prepared) / "clue_stats.json"
+    if not path.is_file():
+        return None
+    stats = json.loads(path.read_text(encoding="utf-8"))
+    keys = (
+        "length_policy",
+        "target_tokens",
+        "mean_length",
+        "length_histogram",
+        "answer_overlap_share",
+        "rows",
+        "questions_with_rows",
+        "rows_per_question_histogram",
+    )
+    out = {k: stats[k] for k in keys if k in stats}
+    if out.get("questions_with_rows"):
+        out["rows_per_question"] = out["rows"] / out["questions_with_rows"]
+    return out
+
+
+def _policy_note(config: DataConfig) -> str:
+    if config.clue_length_policy == "shortest_unique":
+        return f"shortest unique {config.clue_min_tokens}-{config.clue_max_tokens} tokens"
+    return f"closest to {config.clue_target_tokens} tokens within {config.clue_min_tokens}-{config.clue_max_tokens}"
 
 
 def _cache_inputs(cache: Path) -> str | None:

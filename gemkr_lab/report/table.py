@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from gemkr_lab.config.published import FIRST_HAND, KIND_NAMES, Published, PublishedError, read_published
+from gemkr_lab.data.prepare import clue_targets_summary
 from gemkr_lab.kb.storage import write_json, write_text
 from gemkr_lab.numerics import numerics_key, numerics_note
 from gemkr_lab.report.output import check_out, report_directory
@@ -65,8 +66,20 @@ def collect(sweep: GridSweep) -> pd.DataFrame:
                 row["gpu_hours"] = (manifest.get("train_seconds") or 0) * len(manifest["hardware"]["gpus"]) / 3600
                 row["decode_ms_per_query"] = manifest.get("decode_ms_per_query")
                 row["numerics"] = numerics_key(manifest.get("hardware"))  # a note when runs differ in it
+                row["clue_target_mean"] = _target_mean(manifest)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _target_mean(manifest: dict) -> float | None:
+    """The realized mean length of the clue targets the run's prepared data holds (None when unknown)."""
+    path = (manifest.get("prepared") or {}).get("path")
+    targets = clue_targets_summary(path) if path else None
+    return (targets or {}).get("mean_length")
+
+
+TARGET_LENGTH = "clue target tokens (mean)"
+"""Shown when the cells trained on targets of different lengths (the clue-length rows): what each row measured."""
 
 
 def _per_query(frame: pd.DataFrame, cell: str, metric: str) -> pd.Series:
@@ -222,6 +235,8 @@ def statistics(sweep: GridSweep, frame: pd.DataFrame, significance_metric: str =
             )
             if p_seed is not None:
                 row[cols["seed"]] = p_seed
+        if len(runs) and "clue_target_mean" in runs and runs.clue_target_mean.notna().any():
+            row[TARGET_LENGTH] = float(runs.clue_target_mean.dropna().mean())
         if len(runs):
             row["train s"] = runs.train_s.mean()
             row["GPU h"] = runs.gpu_hours.sum()
@@ -232,6 +247,8 @@ def statistics(sweep: GridSweep, frame: pd.DataFrame, significance_metric: str =
         if cols[raw] in table:
             table[cols[adjusted]] = holm(table[cols[raw]].to_numpy(dtype=float))
     order = ["cell", "n seeds", "N seeds"]
+    if TARGET_LENGTH in table and table[TARGET_LENGTH].dropna().round(6).nunique() > 1:
+        order.append(TARGET_LENGTH)  # only where the rows' training targets differ in length
     for m in METRICS:
         per_metric = ("mean", "sample std", "ci95 low (t)", "ci95 high (t)")
         order += [
@@ -302,6 +319,8 @@ def _shown(sweep: GridSweep, numbers: pd.DataFrame, significance_metric: str = "
     shown = pd.DataFrame({"cell": numbers["cell"]})
     refs, _ = _sources(sweep)
     shown["seeds"] = [f"{n}/{total}" for n, total in zip(numbers["n seeds"], numbers["N seeds"], strict=True)]
+    if TARGET_LENGTH in numbers:
+        shown[TARGET_LENGTH] = [_num(x, ".2f") for x in numbers[TARGET_LENGTH]]
     col = lambda name: numbers[name] if name in numbers else pd.Series([np.nan] * len(numbers))  # noqa: E731
     for m in METRICS:
         if f"{m} mean" in numbers:
@@ -334,6 +353,11 @@ def _shown(sweep: GridSweep, numbers: pd.DataFrame, significance_metric: str = "
         if name in numbers:
             shown[name] = [_num(x, spec) for x in numbers[name]]
     shown.attrs["notes"] = notes(sweep, significance_metric, tuple(m for m in METRICS if m in shown) or METRICS)
+    if TARGET_LENGTH in numbers:
+        shown.attrs["notes"].append(
+            f"{TARGET_LENGTH}: the realized mean length of the clue targets each row trained on (its prepared "
+            "data's clue_stats.json), shown because the rows' targets differ in length."
+        )
     shown.attrs["notes"] += numbers.attrs.get("hardware notes", [])
     return shown
 

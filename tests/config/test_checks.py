@@ -140,8 +140,8 @@ def test_a_bad_value_in_a_preset_names_its_file_and_line(tmp_path):
 
 
 def test_clue_length_is_one_knob():
-    five = load_experiment("tiny-cpu/clue-length-5")
-    assert five.data.clue_max_tokens == 5 and five.decoding.max_clue_tokens == 5
+    twelve = load_experiment("tiny-cpu/clue-length-12")
+    assert twelve.data.clue_max_tokens == 12 and twelve.decoding.max_clue_tokens == 12
     apart = load_experiment("tiny-cpu/full", ["data.clue_max_tokens=7", "decoding.max_clue_tokens=4"])
     assert apart.data.clue_max_tokens == 7 and apart.decoding.max_clue_tokens == 4  # explicitly apart
     assert load_experiment("tiny-cpu/full").decoding.max_clue_tokens == 9

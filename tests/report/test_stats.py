@@ -200,3 +200,29 @@ def test_plot_error_bars_are_the_t_half_widths():
 
         plt.close(fig)
     assert list(table.plot_data(_sweep(), frame)["ci95 half (t)"][:3]) == pytest.approx(expected[:3])
+
+
+def test_clue_length_rows_show_the_realized_target_length(tmp_path):
+    from gemkr_lab.kb.storage import write_json
+
+    realized = {"a": 4.83, "b": 5.65, "c": 12.0, "d": None}
+    for cell, mean in realized.items():  # each cell's prepared data, as `prepare` writes it
+        if mean is not None:
+            (tmp_path / cell).mkdir()
+            write_json(tmp_path / cell / "clue_stats.json", {"mean_length": mean, "rows": 384})
+    assert table._target_mean({"prepared": {"path": str(tmp_path / "b")}}) == 5.65
+    assert table._target_mean({"prepared": {"path": str(tmp_path / "nothing")}}) is None
+    frame = _frame()
+    frame["clue_target_mean"] = [
+        table._target_mean({"prepared": {"path": str(tmp_path / c)}}) if s == "complete" else None
+        for c, s in zip(frame.cell, frame.status, strict=True)
+    ]
+    numbers = table.statistics(_sweep(), frame).set_index("cell")
+    assert numbers[table.TARGET_LENGTH].to_dict() == pytest.approx(
+        {"a": 4.83, "b": 5.65, "c": 12.0, "d": np.nan}, nan_ok=True
+    )
+    shown = table.summarize(_sweep(), frame).set_index("cell")
+    assert list(shown[table.TARGET_LENGTH]) == ["4.83", "5.65", "12.00", ""]
+    assert any(n.startswith(table.TARGET_LENGTH) for n in shown.attrs["notes"])
+    frame["clue_target_mean"] = [4.83 if s == "complete" else None for s in frame.status]  # one length: no column
+    assert table.TARGET_LENGTH not in table.summarize(_sweep(), frame)

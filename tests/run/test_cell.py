@@ -82,7 +82,8 @@ def test_unprepared_data_is_refused_before_work(tmp_path):
 
 def test_data_prepared_with_other_settings_is_refused_naming_them(tmp_path, tiny_overrides):
     config = load_experiment("tiny-cpu/clue-length-5", tiny_overrides)  # the shared world was prepared with 9
-    with pytest.raises(DataError, match=r"data.clue_max_tokens: prepared 9, tiny-cpu/clue-length-5 wants 5") as err:
+    wants = r"data.clue_length_policy: prepared 'shortest_unique', tiny-cpu/clue-length-5 wants 'target_length'"
+    with pytest.raises(DataError, match=wants + r"; data.clue_target_tokens: prepared None, .* wants 5") as err:
         run_cell(config, 0, tmp_path / "runs", tiny_overrides)
     assert "gemkr-lab prepare --experiment tiny-cpu/clue-length-5 --set data_root=" in str(err.value)
     assert not (tmp_path / "runs").exists()

@@ -105,7 +105,8 @@ def worlds(tmp_path_factory, tiny_world, tiny_llama):
     made: dict = {}
 
     def prepared_for(data) -> str:
-        settings = dataclasses.replace(DataConfig(), clue_max_tokens=data.clue_max_tokens)
+        clue_keys = ("clue_max_tokens", "clue_min_tokens", "clue_length_policy", "clue_target_tokens")
+        settings = dataclasses.replace(DataConfig(), **{k: getattr(data, k) for k in clue_keys})
         if settings == DataConfig():
             return default
         if settings not in made:
@@ -476,19 +477,22 @@ def test_official_object_order_is_arbitrary_but_fixed(preset, worlds):
 
 @checks("clue-length-5", "clue-length-7", "clue-length-12")
 @pytest.mark.parametrize("preset", named("clue-length-5", "clue-length-7", "clue-length-12"))
-def test_clue_length_is_one_knob(preset, worlds):
+def test_clue_length_targets_are_centred_on_n(preset, worlds):
     import json
 
     n = int(preset.rsplit("-", 1)[1])
     cfg = load_experiment(preset)
     base = load_experiment(preset.split("/")[0] + ("/base" if preset.startswith("tiny") else "/gemkr-7b"))
-    assert cfg.data.clue_max_tokens == cfg.decoding.max_clue_tokens == cfg.decoding.clue_cap == n
+    assert (cfg.data.clue_length_policy, cfg.data.clue_target_tokens) == ("target_length", n)
+    assert base.data.clue_length_policy == "shortest_unique"
+    assert cfg.data.clue_max_tokens == cfg.decoding.clue_cap == max(n, base.data.clue_max_tokens)
     assert cfg.prepared != base.prepared  # its own prepared data
     small = tiny(preset, worlds)
     rows = Path(small.prepared, "instructions_train.jsonl").read_text().splitlines()
-    assert max(len(json.loads(r)["clue_tokens"]) for r in rows) <= n
+    lengths = [len(json.loads(r)["clue_tokens"]) for r in rows]
+    assert min(lengths) == n and max(lengths) <= cfg.data.clue_max_tokens  # n, or the nearest the passage allows
     records, _ = decode(small, worlds)
-    assert all(len(c.tokens) <= n for r in records for c in r.clues)
+    assert all(len(c.tokens) <= cfg.decoding.clue_cap for r in records for c in r.clues)
 
 
 # ---- decoding switches ---------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def test_a_changed_cell_reruns_and_the_report_shows_only_the_current_run(tmp_pat
 
 
 @pytest.mark.slow
-def test_clue_length_5_trains_on_5_token_targets_and_decodes_5(tmp_path, tiny_world):
+def test_clue_length_5_trains_on_targets_centred_on_5_tokens(tmp_path, tiny_world):
     path = _write(tmp_path, tiny_world, ["tiny-cpu/full", "tiny-cpu/clue-length-5"])
     sweep = load_sweep(path)
     result = run_sweep(sweep, progress=False)
@@ -76,18 +76,17 @@ def test_clue_length_5_trains_on_5_token_targets_and_decodes_5(tmp_path, tiny_wo
     full, _ = cell_run(sweep, "tiny-cpu/full", 0)
     assert config.prepared != full.prepared  # its own prepared variant, made by the sweep
     assert overrides[-1] == f"prepared={config.prepared}"
-    assert read_stamp(config.prepared)["settings"]["clue_max_tokens"] == 5
+    settings = read_stamp(config.prepared)["settings"]
+    assert (settings["clue_length_policy"], settings["clue_target_tokens"]) == ("target_length", 5)
     run = current_run(sweep, "tiny-cpu/clue-length-5", 0)
     assert read_manifest(run)["prepared"]["path"] == config.prepared
     used = yaml.safe_load((run / "config.yaml").read_text())
-    assert used["data"]["clue_max_tokens"] == 5 and used["decoding"]["max_clue_tokens"] == 5
+    assert used["data"]["clue_target_tokens"] == 5 and used["decoding"]["max_clue_tokens"] == 9
     rows = [json.loads(x) for x in Path(config.prepared, "instructions_train.jsonl").read_text().splitlines()]
     lengths = [len(r["clue_tokens"]) for r in rows]
-    assert lengths and max(lengths) == 5  # the targets it trained on
+    assert lengths and min(lengths) == 5 and max(lengths) <= 9  # the targets it trained on: 5, or the nearest
     full_rows = [json.loads(x) for x in Path(full.prepared, "instructions_train.jsonl").read_text().splitlines()]
-    assert max(len(r["clue_tokens"]) for r in full_rows) > 5  # the default targets are longer
-    records = [json.loads(x) for x in (run / "records.jsonl").read_text().splitlines()]
-    assert max(len(c["tokens"]) for r in records for c in r["clues"]) <= 5  # and what it decoded
+    assert min(len(r["clue_tokens"]) for r in full_rows) < 5  # the reference's shortest unique targets
 
 
 def test_sweep_files_with_duplicates_are_refused_with_their_line(tmp_path, tiny_world):
