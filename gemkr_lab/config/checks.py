@@ -76,14 +76,48 @@ class PrepareTime:
 PREPARE_TIME = PrepareTime()
 
 
-def prepare_time_fields(cls: type) -> list[str]:
-    """The fields of `cls` marked PREPARE_TIME, in declaration order."""
+class AtTestTime:
+    """Marks a field that changes only what a trained model is given at test time (`Annotated[bool, TEST_TIME]`).
+
+    A run's training identity leaves these fields out, so a cell that differs from another only in them decodes
+    the other's trained model instead of training its own.
+    """
+
+    def __repr__(self) -> str:
+        return "TEST_TIME"
+
+
+TEST_TIME = AtTestTime()
+
+
+def _marked(cls: type, marker: type) -> list[str]:
     hints = get_type_hints(cls, include_extras=True)
     return [
         f.name
         for f in dataclasses.fields(cls)
-        if get_origin(hints[f.name]) is Annotated and any(isinstance(e, PrepareTime) for e in get_args(hints[f.name]))
+        if get_origin(hints[f.name]) is Annotated and any(isinstance(e, marker) for e in get_args(hints[f.name]))
     ]
+
+
+def prepare_time_fields(cls: type) -> list[str]:
+    """The fields of `cls` marked PREPARE_TIME, in declaration order."""
+    return _marked(cls, PrepareTime)
+
+
+def test_time_defaults(cls: type, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: default} of the fields marked TEST_TIME in `cls` and the config dataclasses it holds."""
+    out: dict[str, Any] = {}
+    marked = set(_marked(cls, AtTestTime))
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in marked:
+            out[prefix + f.name] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        elif dataclasses.is_dataclass(hints[f.name]):
+            out |= test_time_defaults(hints[f.name], f"{prefix}{f.name}.")
+    return out
+
+
+test_time_defaults.__test__ = False  # a library function, not a pytest test
 
 
 def check_fields(obj: Any) -> None:
@@ -201,6 +235,7 @@ __all__ = [
     "POSITIVE",
     "PREPARE_TIME",
     "PROBABILITY",
+    "TEST_TIME",
     "AtLeast",
     "Bounds",
     "ConfigLoader",
@@ -210,4 +245,5 @@ __all__ = [
     "describe",
     "load_yaml",
     "prepare_time_fields",
+    "test_time_defaults",
 ]

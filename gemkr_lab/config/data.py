@@ -2,13 +2,22 @@
 
 Fields marked PREPARE_TIME are what `gemkr-lab prepare` consumes: prepared data is stamped with them, and a
 run refuses prepared data whose stamp differs (naming the fields and the `prepare` command that matches).
-The others are read when a run builds its inputs.
+The others are read when a run builds its inputs; those marked TEST_TIME only change the test split's inputs,
+so they are not part of a run's training identity.
 """
 
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from gemkr_lab.config.checks import PREPARE_TIME, PROBABILITY, AtLeast, Bounds, FieldError, check_fields
+from gemkr_lab.config.checks import (
+    PREPARE_TIME,
+    PROBABILITY,
+    TEST_TIME,
+    AtLeast,
+    Bounds,
+    FieldError,
+    check_fields,
+)
 
 DATASETS = ("okvqa-gs112k", "okvqa-wk21m", "remuq", "synthetic")
 
@@ -63,9 +72,10 @@ class DataConfig:
     append_caption: bool = True
     """Ablation "caption in the query": append the image caption to the question, as the official code
     does. It leaks visual content into the text and so confounds visual ablations; off = question only."""
-    zero_region_features_at_test: bool = False
+    zero_region_features_at_test: Annotated[bool, TEST_TIME] = False
     """Reproduce the official code's bug: region features are silently all zero at test time (its test
-    loader groups feature files by the wrong key), while training sees them (gemkr_spec.md §7)."""
+    loader groups feature files by the wrong key), while training sees them (gemkr_spec.md §7). Test time only:
+    the cell decodes the reference's trained model."""
     object_order: Literal["confidence", "shuffled"] = "confidence"
     """Ablation "object order" (which objects fill the prefix slots, and so which 2 reach the LLM): confidence =
     best detection first (the harness's fix); shuffled = a fixed arbitrary order per image, standing for the

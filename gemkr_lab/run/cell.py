@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from gemkr_lab.config.checks import test_time_defaults
 from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, apply_overrides, build, to_dict
 from gemkr_lab.io import lock
 from gemkr_lab.kb.storage import write_json, write_text
@@ -49,8 +50,15 @@ def with_seed(config: ExperimentConfig, seed: int) -> ExperimentConfig:
     return dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
 
 
-def _fingerprint(config: ExperimentConfig, stamp: dict[str, Any], leave_out: tuple[str, ...]) -> str:
+def _fingerprint(
+    config: ExperimentConfig, stamp: dict[str, Any], leave_out: tuple[str, ...], as_default: dict | None = None
+) -> str:
     identity = {k: v for k, v in to_dict(config).items() if k not in leave_out}
+    for key, default in (
+        as_default or {}
+    ).items():  # dotted sub-fields, counted at their defaults (keeps old fingerprints)
+        section, name = key.rsplit(".", 1)
+        identity[section] = dict(identity[section], **{name: default})
     payload = json.dumps({"config": identity, "prepared": stamp["fingerprint"]}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -62,16 +70,18 @@ def run_fingerprint(config: ExperimentConfig) -> str:
 
 NOT_TRAINING = (*NOT_IDENTITY, "decoding", "split")
 """Fields that change what a trained model is asked, not the model: decoding and the split it decodes."""
+AT_TEST_TIME = test_time_defaults(ExperimentConfig)
+"""Sub-fields marked TEST_TIME (e.g. data.zero_region_features_at_test): counted at their defaults in training."""
 
 
 def training_fingerprint(config: ExperimentConfig, stamp: dict[str, Any]) -> str:
-    """What identifies a run's trained model: the resolved config except decoding and split, and the data.
+    """What identifies a run's trained model: the resolved config but decoding, split and test-time fields.
 
-    Cells that differ only in decoding (beam size, search, constraint, clue-to-document policy, 8-bit, ...) or
-    in the split they decode (a search trial on validation, the selected configuration on test) share it, so
-    one training serves them all (`_trained_elsewhere`).
+    Cells that differ only in decoding (beam size, search, constraint, clue-to-document policy, 8-bit, ...), in
+    the split they decode (a search trial on validation, the selected configuration on test) or in test-time
+    inputs (zeroed region features at test) share it, so one training serves them all (`_trained_elsewhere`).
     """
-    return _fingerprint(config, stamp, NOT_TRAINING)
+    return _fingerprint(config, stamp, NOT_TRAINING, AT_TEST_TIME)
 
 
 def run_dir(root: str | Path, config: ExperimentConfig) -> Path:

@@ -135,6 +135,56 @@ def test_cells_that_differ_only_in_decoding_share_one_training(tmp_path, tiny_ov
     assert "trained_in" not in read_manifest(run_dir(tmp_path, with_seed(gated, 0)))
 
 
+def test_a_test_time_switch_decodes_the_reference_training(tmp_path, tiny_overrides, monkeypatch):
+    from gemkr_lab.model import infer
+    from gemkr_lab.run.cell import AT_TEST_TIME, run_fingerprint, training_fingerprint
+
+    assert "data.zero_region_features_at_test" in AT_TEST_TIME
+    stamp = {"fingerprint": "sha256:prepared"}
+    for family, reference in (("paper", "paper/gemkr-7b"), ("tiny-cpu", "tiny-cpu/full")):
+        ref, zero = load_experiment(reference), load_experiment(f"{family}/zero-region-features-at-test")
+        assert zero.data.zero_region_features_at_test and not ref.data.zero_region_features_at_test
+        assert training_fingerprint(zero, stamp) == training_fingerprint(ref, stamp)  # one training
+        assert _fingerprint_of(zero, stamp) != _fingerprint_of(ref, stamp)  # two results
+    full = _config(tiny_overrides)
+    run_cell(full, 0, tmp_path)
+    full_run = run_dir(tmp_path, with_seed(full, 0))
+    seen = []  # the region features of every test batch the zero cell decodes
+    decode = infer.decode_batches
+
+    def spy(model, loader, *args, **kwargs):
+        seen.extend(float(batch.objects.abs().sum()) for batch in loader)
+        return decode(model, loader, *args, **kwargs)
+
+    monkeypatch.setattr(infer, "decode_batches", spy)
+    zero = _config(tiny_overrides, preset="tiny-cpu/zero-region-features-at-test")
+    run_cell(zero, 0, tmp_path)
+    zero_run = run_dir(tmp_path, with_seed(zero, 0))
+    assert zero_run != full_run and run_fingerprint(zero) != run_fingerprint(full)
+    manifest = read_manifest(zero_run)
+    assert manifest["trained_in"] == str(full_run) and not (zero_run / "checkpoints").exists()  # no second training
+    assert manifest["training_fingerprint"] == read_manifest(full_run)["training_fingerprint"]
+    assert manifest["train_seconds"] == 0
+    assert seen and not any(seen)  # its test-time region features are zero
+    monkeypatch.setattr(infer, "decode_batches", decode)
+    full_seen = []
+    monkeypatch.setattr(
+        infer,
+        "decode_batches",
+        lambda m, loader, *a, **k: (
+            full_seen.extend(float(b.objects.abs().sum()) for b in loader) or decode(m, loader, *a, **k)
+        ),
+    )
+    evaluate_cell(full_run)
+    assert all(full_seen)  # the reference's are not
+
+
+def _fingerprint_of(config, stamp):
+    from gemkr_lab.run.cell import NOT_IDENTITY, _fingerprint
+
+    return _fingerprint(config, stamp, NOT_IDENTITY)
+
+
 @pytest.mark.slow
 def test_a_decoding_variant_waits_for_the_training_in_progress(tmp_path, tiny_overrides):
     import subprocess
