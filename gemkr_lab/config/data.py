@@ -80,6 +80,9 @@ class DataConfig:
     """Ablation "object order" (which objects fill the prefix slots, and so which 2 reach the LLM): confidence =
     best detection first (the harness's fix); shuffled = a fixed arbitrary order per image, standing for the
     official code's `os.listdir` order, which is arbitrary and filesystem-dependent (gemkr_spec.md §2.2, §7)."""
+    max_rows_per_question: Annotated[int, AtLeast(1)] | None = None
+    """Ablation "training-set shape": train on at most this many rows (positive passages with a clue) per question,
+    the first ones in the prepared file; 1 = one row per question; None = every row (the harness's default)."""
     augment_train_images: bool = False
     """Deviation "training augmentation": training images get the official RandomResizedCrop (scale 0.5-1.0,
     bicubic) + CLIP normalisation (paper presets: on); off = the eval transform (resize) for training too.

@@ -43,6 +43,11 @@ class TrainConfig:
     drop_last: bool = False
     """Deviation "drop_last": drop each epoch's last incomplete micro-batch, as the official DataLoader does
     (paper presets: on); off = train on it too."""
+    iterations_per_epoch: Annotated[int, AtLeast(1)] | None = None
+    """Ablation "training-set shape": an epoch is this many micro-batches drawn from a fresh shuffle of the rows,
+    as the official loop's `iters_per_epoch` (2400 micro-batches of 12); when the rows run out within an epoch the
+    draw goes on in another shuffle (the official loop would stop with StopIteration). None = an epoch is one pass
+    over the rows."""
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     """Lightning precision (official: fp16 autocast)."""
     strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = "auto"

@@ -61,6 +61,10 @@ class EpochSampler(Sampler[int]):
     of step k is the batch of step k of a single process with batch `batch_size` x `world_size`. An incomplete
     last global batch is split as evenly as possible (`np.array_split`); with `drop_last` it is dropped, and when
     it has fewer samples than ranks (one rank would get none) it is dropped with a warning.
+
+    With `draws` (`TrainConfig.iterations_per_epoch` micro-batches of the global batch) an epoch is the first
+    `draws` samples of its shuffle instead of a pass over all of them; when `draws` exceeds the rows, further
+    shuffles of the same epoch follow (seeded by (seed, epoch, k)), so every row is drawn once before any twice.
     """
 
     def __init__(
@@ -73,8 +77,9 @@ class EpochSampler(Sampler[int]):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        draws: int | None = None,
     ) -> None:
-        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+        self.n, self.seed, self.shuffle, self.epoch, self.draws = n, seed, shuffle, 0, draws
         self.batch_size, self.rank, self.world_size, self.drop_last = batch_size, rank, world_size, drop_last
         self._resume: tuple[int, int] | None = None  # (epoch, samples of it already seen by all ranks together)
 
@@ -91,10 +96,20 @@ class EpochSampler(Sampler[int]):
         """The next pass over `epoch` starts after its first `seen` samples (all ranks together; mid-epoch)."""
         self._resume = (epoch, seen)
 
+    def _order(self) -> np.ndarray:
+        """The epoch's sample order: a shuffle of the rows by (seed, epoch), or its first `draws` samples."""
+        if not self.shuffle:
+            return np.arange(self.n)
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        if self.draws is None or self.n == 0:
+            return order
+        more = [order]
+        for k in range(1, -(-self.draws // self.n)):  # rows run out: another shuffle of them
+            more.append(np.random.default_rng([self.seed, self.epoch, k]).permutation(self.n))
+        return np.concatenate(more)[: self.draws]
+
     def __iter__(self):
-        order = (
-            np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
-        )
+        order = self._order()
         skip = 0
         if self._resume is not None:
             epoch, seen = self._resume
@@ -121,7 +136,8 @@ class EpochSampler(Sampler[int]):
         return np.concatenate([mine, np.array_split(tail, self.world_size)[r]])
 
     def __len__(self) -> int:
-        return len(self._share(np.arange(self.n))) if self.world_size > 1 else self.n
+        n = self.n if self.draws is None else self.draws
+        return len(self._share(np.arange(n))) if self.world_size > 1 else n
 
 
 class ResumableLoader(DataLoader):
@@ -174,12 +190,13 @@ class GeMKRDataModule(L.LightningDataModule):
         num_workers: int = 0,
         limit_train: int | None = None,
         drop_last: bool = False,
+        iterations_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
         self.prepared, self.tokenizer, self.config = Path(prepared), tokenizer, data_config
         self.benchmark = Benchmark(data_config.dataset, data_root)
         self.vision, self.batch_size, self.seed, self.num_workers = vision, batch_size, seed, num_workers
-        self.limit_train, self.drop_last = limit_train, drop_last
+        self.limit_train, self.drop_last, self.iterations_per_epoch = limit_train, drop_last, iterations_per_epoch
         self.transform = image_transform(vision.spec.image_size)
         size = vision.spec.image_size
         self.train_transform = train_image_transform(size) if data_config.augment_train_images else self.transform
@@ -190,7 +207,8 @@ class GeMKRDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Read the prepared rows (files named in the errors if `prepare` has not run)."""
-        self.train_rows = _read_jsonl(self.prepared / "instructions_train.jsonl")[: self.limit_train]
+        rows = _read_jsonl(self.prepared / "instructions_train.jsonl")
+        self.train_rows = rows_per_question(rows, self.config.max_rows_per_question)[: self.limit_train]
         self.test_rows = _read_jsonl(self.prepared / "queries_test.jsonl")
         self._images = self.benchmark.images()
 
@@ -275,7 +293,7 @@ class GeMKRDataModule(L.LightningDataModule):
         `use_distributed_sampler=False`, so Lightning does not wrap it in its own reshuffling sampler).
         """
         ds = _Rows(self.train_rows, self, "train")
-        if self.drop_last and len(ds) < self.batch_size:
+        if self.drop_last and len(ds) < self.batch_size and self.iterations_per_epoch is None:
             raise ValueError(
                 f"drop_last with {len(ds)} training rows and batch_size {self.batch_size} leaves no batch; "
                 "use more rows (limit_train), a smaller batch or train.drop_last=false"
@@ -283,8 +301,15 @@ class GeMKRDataModule(L.LightningDataModule):
         self.cache_region_features("train")  # on the tower's device, before any worker process starts
         trainer = getattr(self, "trainer", None)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        draws = None if self.iterations_per_epoch is None else self.iterations_per_epoch * self.batch_size * world
         sampler = EpochSampler(
-            len(ds), self.seed, batch_size=self.batch_size, rank=rank, world_size=world, drop_last=self.drop_last
+            len(ds),
+            self.seed,
+            batch_size=self.batch_size,
+            rank=rank,
+            world_size=world,
+            drop_last=self.drop_last,
+            draws=draws,
         )
         loader = ResumableLoader(
             ds,
@@ -322,6 +347,19 @@ class GeMKRDataModule(L.LightningDataModule):
             collate_fn=collate,
             num_workers=self.num_workers,
         )
+
+
+def rows_per_question(rows: list[dict], cap: int | None) -> list[dict]:
+    """The training rows, at most `cap` per question (its first ones, in file order); all of them for None."""
+    if cap is None:
+        return rows
+    taken: dict[str, int] = {}
+    kept = []
+    for row in rows:
+        taken[row["qid"]] = taken.get(row["qid"], 0) + 1
+        if taken[row["qid"]] <= cap:
+            kept.append(row)
+    return kept
 
 
 def collate(items: list[dict[str, Any]]) -> Batch:

@@ -59,6 +59,7 @@ def fit(
         num_workers=train_config.num_workers,
         limit_train=limit_train,
         drop_last=train_config.drop_last,
+        iterations_per_epoch=train_config.iterations_per_epoch,
     )
     ckpt_dir = out / "checkpoints"
     checkpoint = ModelCheckpoint(

@@ -54,9 +54,8 @@ def _fingerprint(
     config: ExperimentConfig, stamp: dict[str, Any], leave_out: tuple[str, ...], as_default: dict | None = None
 ) -> str:
     identity = {k: v for k, v in to_dict(config).items() if k not in leave_out}
-    for key, default in (
-        as_default or {}
-    ).items():  # dotted sub-fields, counted at their defaults (keeps old fingerprints)
+    # dotted sub-fields at their defaults: a cell differing from another only in them shares its training
+    for key, default in (as_default or {}).items():
         section, name = key.rsplit(".", 1)
         identity[section] = dict(identity[section], **{name: default})
     payload = json.dumps({"config": identity, "prepared": stamp["fingerprint"]}, sort_keys=True)
