@@ -4,13 +4,15 @@ Seeds are few (2–5), so intervals use Student's t with n − 1 degrees of free
 2 seeds t(0.975, 1) = 12.706 and the interval is 6.48× wider than 1.96 standard errors.
 """
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 CONFIDENCE = 0.95
 MIN_SEEDS_FOR_SEED_TEST = 3
-RANDOMIZATION_DRAWS = 10_000
+RANDOMIZATION_DRAWS = 100_000
 
 
 def sample_std(values: Sequence[float]) -> float:
@@ -60,17 +62,97 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     return out
 
 
-def paired_randomization(a: Sequence[float], b: Sequence[float], n: int = RANDOMIZATION_DRAWS, seed: int = 0) -> float:
-    """Two-sided p-value that the mean of paired per-query scores differs (sign-flip permutation test).
+MAX_DRAWS = 1_000_000
+"""Monte Carlo draws stop here even when p's leading digit is not yet certain (a p near 0 with many queries)."""
+EXACT_UP_TO = 20
+"""Paired randomization is exact (all 2^k sign patterns) up to this many queries whose scores differ."""
 
-    Query-level: the pairs are queries (values usually averaged over seeds), so seed variance is not seen.
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired randomization test's p-value and how precise it is."""
+
+    p: float
+    se: float
+    """Monte Carlo standard error of `p` (0 when exact)."""
+    draws: int | None
+    """Random sign patterns drawn; None when every pattern was enumerated (exact)."""
+    differing: int
+    """Queries whose paired scores differ (the others cannot change the statistic)."""
+
+    @property
+    def exact(self) -> bool:
+        """Whether every sign pattern was enumerated."""
+        return self.draws is None
+
+    def decimals(self, scale: float = 1.0) -> int:
+        """Decimals `p` (times `scale`, e.g. Holm's factor) can be printed with.
+
+        4 when exact; for a Monte Carlo p the most (at most 4) whose last unit is at least 4 standard errors, so
+        that ± half a unit covers 2 SE.
+        """
+        if self.exact or self.se == 0:
+            return 4
+        return int(min(4, max(0, math.floor(-math.log10(4 * self.se * scale)))))
+
+
+def paired_randomization_test(
+    a: Sequence[float], b: Sequence[float], n: int = RANDOMIZATION_DRAWS, seed: int = 0
+) -> PairedTest:
+    """Two-sided paired sign-flip test that the mean of paired per-query scores differs.
+
+    Query-level: the pairs are queries (values usually averaged over seeds), so seed variance is not seen. Only
+    queries whose scores differ count (flipping a zero difference changes nothing). With at most `EXACT_UP_TO`
+    of them every one of the 2^k sign patterns is enumerated and p is exact: the share of patterns whose |sum|
+    reaches the observed one. Otherwise rounds of `n` random patterns, until the standard error lets p's leading
+    digit be printed (`PairedTest.decimals`) or `MAX_DRAWS` are drawn: p = (hits + 1) / (draws + 1), with its SE.
     """
     diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if diff.size == 0 or np.allclose(diff, 0):
-        return 1.0
-    observed = abs(diff.mean())
-    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(n, diff.size))
-    return float((np.sum(np.abs((signs * diff).mean(axis=1)) >= observed - 1e-12) + 1) / (n + 1))
+    diff = diff[~np.isclose(diff, 0)]
+    k = diff.size
+    if k == 0:
+        return PairedTest(1.0, 0.0, None, 0)
+    observed = abs(diff.sum()) - 1e-9 * max(1.0, abs(diff).sum())
+    if k <= EXACT_UP_TO:
+        hits, total = 0, 1 << k
+        chunk = 1 << min(k, 16)
+        bits = np.arange(k)
+        for start in range(0, total, chunk):
+            patterns = np.arange(start, min(start + chunk, total))[:, None]
+            signs = 1.0 - 2.0 * ((patterns >> bits) & 1)
+            hits += int(np.sum(np.abs(signs @ diff) >= observed))
+        return PairedTest(hits / total, 0.0, None, k)
+    rng = np.random.default_rng(seed)
+    total, rows = diff.sum(), max(1, 2_000_000 // k)  # ~2M signs at a time
+    hits = draws = 0
+    while True:  # rounds of n draws until the leading digit of p is printed (or MAX_DRAWS)
+        for start in range(0, n, rows):
+            m = min(rows, n - start)
+            flips = np.unpackbits(np.frombuffer(rng.bytes((m * k + 7) // 8), np.uint8))[: m * k].reshape(m, k)
+            hits += int(np.sum(np.abs(total - 2 * (flips @ diff)) >= observed))  # flipped sum: total - 2 x flipped
+        draws += n
+        p = (hits + 1) / (draws + 1)
+        test = PairedTest(p, math.sqrt(p * (1 - p) / draws), draws, k)
+        below = p + 2 * test.se < 1e-4  # printed as "< 0.0001" whatever more draws say
+        if below or draws + n > MAX_DRAWS or 10 ** -test.decimals() <= 10 ** math.floor(math.log10(p)):
+            return test
+
+
+def paired_randomization(a: Sequence[float], b: Sequence[float], n: int = RANDOMIZATION_DRAWS, seed: int = 0) -> float:
+    """The p-value of `paired_randomization_test`."""
+    return paired_randomization_test(a, b, n, seed).p
+
+
+def format_p(p: float, test: PairedTest | None = None, scale: float = 1.0) -> str:
+    """A p-value printed with the decimals its test supports ('' for none); Monte Carlo ones state their SE."""
+    if p is None or np.isnan(p):
+        return ""
+    if test is None or test.exact:
+        return f"{p:.4f}" if p >= 1e-4 or p == 0 else f"{p:.1e}"
+    d = test.decimals(scale)
+    if round(p, d) == 0:
+        return f"< {10**-d:.{d}f}"
+    return f"{p:.{d}f} ± {test.se * scale:.1g}"
 
 
 def seed_paired_t(a: Mapping[int, float], b: Mapping[int, float]) -> float | None:

@@ -25,10 +25,15 @@ from gemkr_lab.kb.storage import write_json, write_text
 from gemkr_lab.numerics import numerics_key, numerics_note
 from gemkr_lab.report.output import check_out, report_directory
 from gemkr_lab.report.stats import (
+    EXACT_UP_TO,
+    MAX_DRAWS,
     MIN_SEEDS_FOR_SEED_TEST,
     RANDOMIZATION_DRAWS,
+    PairedTest,
+    format_p,
     holm,
-    paired_randomization,
+    paired_randomization,  # noqa: F401 (re-exported: the tests and callers use it from here)
+    paired_randomization_test,
     sample_std,
     seed_paired_t,
     t_half_width,
@@ -106,6 +111,7 @@ def p_columns(metric: str, ref: str) -> dict[str, str]:
     return {
         "query": f"p query-level ({metric} vs {ref})",
         "query holm": f"p query-level Holm ({metric} vs {ref})",
+        "query se": f"p query-level SE ({metric} vs {ref})",
         "seed": f"p seed-level t ({metric} vs {ref})",
         "seed holm": f"p seed-level t Holm ({metric} vs {ref})",
     }
@@ -229,7 +235,8 @@ def statistics(sweep: GridSweep, frame: pd.DataFrame, significance_metric: str =
             a, b = _per_query(frame, cell, significance_metric), _per_query(frame, ref, significance_metric)
             common = a.index.intersection(b.index)
             if len(common):
-                row[cols["query"]] = paired_randomization(a[common], b[common])
+                test = paired_randomization_test(a[common], b[common])
+                row[cols["query"]], row[cols["query se"]] = test.p, test.se  # SE 0: exact
             p_seed = seed_paired_t(
                 _per_seed(frame, cell, significance_metric), _per_seed(frame, ref, significance_metric)
             )
@@ -273,8 +280,11 @@ def notes(sweep: GridSweep, significance_metric: str = "R@5", metrics: tuple[str
         "95% CI (t): Student-t 95% confidence interval of the mean over seeds, "
         "mean ± t(0.975, n − 1) · s / √n (none with one seed).",
         f"Δ: difference of means to the reference row {ref}.",
-        f"p query-level: two-sided paired sign-flip randomization test ({RANDOMIZATION_DRAWS:,} draws) on per-query "
-        f"{m}, each query averaged over the complete seeds; it does not see seed-to-seed variance.",
+        f"p query-level: two-sided paired sign-flip randomization test on per-query {m}, each query averaged over "
+        f"the complete seeds; it does not see seed-to-seed variance. Exact (all 2^k sign patterns) when at most "
+        f"{EXACT_UP_TO} queries differ, printed to 4 decimals; otherwise Monte Carlo in rounds of "
+        f"{RANDOMIZATION_DRAWS:,} draws (up to {MAX_DRAWS:,}) until p's leading digit is sure, printed as p ± its "
+        "standard error with the decimals whose last unit is at least 4 SE (SE column in table.csv; 0 = exact).",
         f"p seed-level t: two-sided paired t-test over per-seed {m} means, pairing runs by seed "
         f"(only with ≥ {MIN_SEEDS_FOR_SEED_TEST} seeds complete in both rows).",
         "Holm: Holm–Bonferroni adjusted p across the ablation rows of this table tested against the reference "
@@ -346,8 +356,14 @@ def _shown(sweep: GridSweep, numbers: pd.DataFrame, significance_metric: str = "
                     strict=True,
                 )
             ]
-    for name in p_columns(significance_metric, sweep.reference or sweep.cells[0]).values():
-        if name in numbers:
+    cols = p_columns(significance_metric, sweep.reference or sweep.cells[0])
+    for key, name in cols.items():
+        if key == "query se" or name not in numbers:
+            continue  # a Monte Carlo p shows its SE beside it
+        if key.startswith("query") and cols["query se"] in numbers:
+            raw, se = numbers[cols["query"]], numbers[cols["query se"]]
+            shown[name] = [_shown_p(p, r, e) for p, r, e in zip(numbers[name], raw, se, strict=True)]
+        else:
             shown[name] = [_num(x, ".4f") for x in numbers[name]]
     for name, spec in zip(COSTS, (".0f", ".2f", ".1f"), strict=True):
         if name in numbers:
@@ -360,6 +376,16 @@ def _shown(sweep: GridSweep, numbers: pd.DataFrame, significance_metric: str = "
         )
     shown.attrs["notes"] += numbers.attrs.get("hardware notes", [])
     return shown
+
+
+def _shown_p(p, raw, se) -> str:
+    """A query-level p (raw, or Holm-adjusted from `raw`) with the decimals its test supports (`format_p`)."""
+    if pd.isna(p):
+        return ""
+    if pd.isna(se) or se == 0:
+        return format_p(p)
+    scale = p / raw if raw > 0 else 1.0  # Holm's factor scales the SE too
+    return format_p(p, PairedTest(raw, se, RANDOMIZATION_DRAWS, 0), scale)
 
 
 def _shown_paper(value, status, of, cell: str, mean, ref: int | None) -> str:

@@ -78,7 +78,50 @@ def test_paired_randomization_is_the_one_in_stats():
     assert table.paired_randomization is stats.paired_randomization
     rng = np.random.default_rng(0)
     a = rng.random(100)
-    assert stats.paired_randomization(a + 0.2, a) == pytest.approx(1 / 10_001)
+    assert stats.paired_randomization(a + 0.2, a) == pytest.approx(1 / 100_001)  # no draw reaches it: one round
+
+
+def test_a_small_case_is_enumerated_and_printed_exactly():
+    from fractions import Fraction
+    from itertools import product
+
+    eight = stats.paired_randomization_test([1.0] * 8, [0.0] * 8)  # the row: 2 of 256 patterns
+    assert eight.exact and eight.p == 2 / 256 and stats.format_p(eight.p, eight) == "0.0078"
+    # 6 differing queries, sum 4: |2j - 6| >= 4 for j in {0, 1, 5, 6} plus-signs: (1 + 6 + 6 + 1) / 64
+    six = stats.paired_randomization_test([1, 1, 1, 1, 1, 0, 1, 0], [0, 0, 0, 0, 0, 1, 1, 0])
+    assert (six.p, six.differing, stats.format_p(six.p, six)) == (14 / 64, 6, "0.2188")
+    a = [0.5, 1.0, 1.0, 0.0, 1.0, 1.0, 0.5, 1.0, 0.0, 1.0, 0.5]  # per-query values averaged over two seeds
+    b = [0.0, 0.5, 0.0, 0.5, 0.0, 1.0, 0.0, 0.0, 0.0, 0.5, 1.0]
+    d = [Fraction(x).limit_denominator() - Fraction(y).limit_denominator() for x, y in zip(a, b, strict=True)]
+    d = [x for x in d if x]
+    hits = sum(
+        abs(sum(s * x for s, x in zip(signs, d, strict=True))) >= abs(sum(d))
+        for signs in product((1, -1), repeat=len(d))
+    )
+    test = stats.paired_randomization_test(a, b)
+    assert test.exact and test.se == 0 and test.p == hits / 2 ** len(d)
+    assert stats.format_p(test.p, test) == f"{hits / 2 ** len(d):.4f}"
+
+
+def test_a_large_case_holds_its_printed_precision_over_seeds():
+    # 60 differing queries, 40 won and 20 lost: exact p = P(|2B - 60| >= 20), B ~ Binomial(60, 1/2)
+    a, b = [1.0] * 40 + [0.0] * 20 + [1.0] * 30, [0.0] * 40 + [1.0] * 20 + [1.0] * 30
+    exact = sps.binom.cdf(20, 60, 0.5) + sps.binom.sf(39, 60, 0.5)
+    within, estimates = 0, []
+    for seed in range(20):
+        test = stats.paired_randomization_test(a, b, seed=seed)
+        assert not test.exact and test.differing == 60
+        assert test.se == pytest.approx(np.sqrt(test.p * (1 - test.p) / test.draws))
+        shown = stats.format_p(test.p, test)
+        value, stated = (float(x) for x in shown.split(" ± "))
+        unit = 10.0 ** -test.decimals()
+        assert unit >= 4 * test.se and value == round(test.p, test.decimals())  # the last digit is worth 4 SE
+        assert stated == float(f"{test.se:.1g}")  # the SE is stated beside it
+        assert abs(value - exact) <= 2 * unit
+        within += abs(value - exact) <= unit
+        estimates.append(test.p)
+    assert within >= 18  # ± one unit of the printed value holds for >= 95% of seeds (2 SE)
+    assert 0.5 * test.se <= np.std(estimates, ddof=1) <= 1.5 * test.se  # the stated SE is the spread over seeds
 
 
 # A sweep still running: reference "a" and "b" have 3 seeds, "c" 2 of 3, "d" nothing yet.
