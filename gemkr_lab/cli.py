@@ -233,9 +233,13 @@ def _sweep(args: argparse.Namespace) -> int:
         "gpus_per_trial": args.gpus_per_trial or 0,
     }
     if Path(args.sweep).is_file() and is_search(args.sweep):
-        if args.launcher == "slurm" or slurm_only:
-            raise ConfigError("--launcher slurm runs grid sweeps; a search runs with --launcher local")
         search = load_search_file(args.sweep)
+        if (args.launcher or search.launcher) == "slurm" and not args.finalize:
+            return _search_slurm(args, search, slurm_given)
+        if slurm_only:
+            raise ConfigError(
+                f"{', '.join(slurm_only)}: Slurm options; add --launcher slurm (or launcher: in the file)"
+            )
         try:
             if args.finalize:
                 common.pop("new_study")
@@ -266,6 +270,31 @@ def _sweep(args: argparse.Namespace) -> int:
     if result["failed_for_good"]:
         print(f"-> {Path(sweep.root) / 'failed.json'}; run again with --retry-failed (or more --retries)")
     return 1 if result["failed"] or result["failed_for_good"] or result["grid_complete"] < result["grid_total"] else 0
+
+
+def _search_slurm(args: argparse.Namespace, search, given: dict) -> int:
+    from gemkr_lab.config.experiment import ConfigError
+    from gemkr_lab.sweep.search import run_search_slurm
+    from gemkr_lab.sweep.slurm import slurm_options
+
+    if args.workers not in (None, 1):
+        raise ConfigError("--workers is for --launcher local; with slurm, --max-jobs worker jobs run at once")
+    options = slurm_options(search, given | {"gpus_per_trial": args.gpus_per_trial})
+    result = run_search_slurm(
+        search,
+        options,
+        storage=args.storage,
+        new_study=args.new_study,
+        wait=args.wait,
+        command=" ".join(["gemkr-lab", *sys.argv[1:]]),
+    )
+    left = result["left"]
+    head = f"submitted {len(result['submitted'])} worker job(s): {' '.join(result['submitted'])}"
+    print(f"search {search.name} (slurm): " + (head if result["submitted"] else "submitted nothing"))
+    final = "pending" if left["final"] else "done"
+    print(f"trials: {left['to_start']} to start, {left['running']} running; final step {final}")
+    print(f"jobs and logs: {result['jobs_file']}")
+    return 0 if not args.wait or not any(left.values()) else 1
 
 
 def _slurm_args(texts: list[str]) -> list[tuple[str, object]]:

@@ -16,7 +16,14 @@ import pandas as pd
 from gemkr_lab.io import write_text
 from gemkr_lab.report.output import check_out, report_directory
 from gemkr_lab.sweep import study as study_mod
-from gemkr_lab.sweep.search import SELECTED, SearchSweep, read_final, selected_trial, write_selected_preset
+from gemkr_lab.sweep.search import (
+    SELECTED,
+    SearchSweep,
+    counted_trials,
+    read_final,
+    selected_trial,
+    write_selected_preset,
+)
 
 
 def write_search_report(
@@ -52,13 +59,17 @@ def trials_table(sweep: SearchSweep, study: optuna.Study) -> pd.DataFrame:
     """One row per trial: state, params, the validation objective, what was reported along the way, cost."""
     rows = []
     column = f"{sweep.objective} (validation)"
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    resumed_by = {t.user_attrs["resumes"]: t.number for t in trials if t.user_attrs.get("resumes") is not None}
+    for t in trials:
         manifest = _manifest(t.user_attrs.get("run"))
         steps = sorted(t.intermediate_values)
         rows.append(
             {
                 "trial": t.number,
-                "state": t.state.name,
+                "state": t.state.name
+                if t.number not in resumed_by
+                else f"GIVEN BACK (resumed as {resumed_by[t.number]})",
                 **t.params,
                 column: t.values[0] if t.values else None,
                 **({f"{sweep.settings.cost} (cost)": t.values[1] if t.values else None} if sweep.settings.cost else {}),
@@ -74,7 +85,7 @@ def trials_table(sweep: SearchSweep, study: optuna.Study) -> pd.DataFrame:
 
 def summary(sweep: SearchSweep, study: optuna.Study, final: dict | None) -> str:
     """Markdown: what was tuned on which split, the selected trial, and its test result (or how to get it)."""
-    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    states = [t.state.name for t in counted_trials(study)]
     counted = ", ".join(f"{states.count(s)} {s.lower()}" for s in sorted(set(states)))
     s = sweep.settings
     lines = [

@@ -31,9 +31,12 @@ unknown key, a bad value or a space key that is not a config field stops with th
 """
 
 import dataclasses
+import hashlib
 import json
 import os
+import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +48,9 @@ from optuna.trial import TrialState
 
 from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, build, key_lines, load_experiment
 from gemkr_lab.config.search import SearchSettings
-from gemkr_lab.io import write_json, write_text
-from gemkr_lab.run.cell import read_intermediate, read_manifest, run_dir, with_seed
+from gemkr_lab.io import lock as lock_file
+from gemkr_lab.io import lock_holder, write_json, write_text
+from gemkr_lab.run.cell import RUN_LOCK, read_intermediate, read_manifest, run_dir, with_seed
 from gemkr_lab.sweep import study as study_mod
 from gemkr_lab.sweep.variants import prepared_overrides
 
@@ -55,7 +59,7 @@ _ENV = ("GEMKR_OPTUNA_STORAGE", "GEMKR_OPTUNA_STUDY", "GEMKR_OPTUNA_TRIAL")
 _SETTINGS_ENV = "GEMKR_SEARCH_SETTINGS"
 """The search settings and the trials' step budget, as JSON: a trial process rebuilds the same pruner from
 them (Optuna keeps pruners out of its storage; a study loaded without one would prune by Optuna's defaults)."""
-TOP_KEYS = ("name", "root", "base", "seed", "overrides", "search")
+TOP_KEYS = ("name", "root", "base", "seed", "overrides", "search", "launcher")
 SEARCH_KEYS = ("space", "enqueue")
 SELECTED = "selected.yaml"
 """The selected configuration, written as an experiment preset (`gemkr-lab train ROOT/selected.yaml`)."""
@@ -75,6 +79,10 @@ class SearchSweep:
     settings: SearchSettings = field(default_factory=SearchSettings)
     overrides: tuple[str, ...] = ()
     enqueue: tuple[dict[str, Any], ...] = ()
+    launcher: str = "local"
+    """How trials run: local (processes of the sweep command) or slurm (worker jobs; `gemkr_lab.sweep.slurm`)."""
+    slurm: dict = field(default_factory=dict)
+    """The `launcher:` section's Slurm settings, checked (`gemkr_lab.sweep.slurm.SlurmOptions` fields)."""
 
     @property
     def objective(self) -> str:
@@ -100,10 +108,17 @@ def load_search_file(path: str | Path) -> SearchSweep:
     text = path.read_text(encoding="utf-8")
     try:
         raw = yaml.safe_load(text) or {}
-        lines = key_lines(yaml.compose(text))
+        node = yaml.compose(text)
+        lines = key_lines(node)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    return load_search(raw, path, lines)
+    sweep = load_search(raw, path, lines)
+    if isinstance(raw, dict) and "launcher" in raw:
+        from gemkr_lab.sweep.slurm import launcher_section
+
+        launcher, slurm = launcher_section(raw["launcher"], path, node)
+        sweep = dataclasses.replace(sweep, launcher=launcher, slurm=slurm)
+    return sweep
 
 
 def load_search(raw: dict, path: Path, lines: dict[str, int] | None = None) -> SearchSweep:
@@ -208,13 +223,21 @@ def _compose(sweep: SearchSweep, extra: list[str], where: str) -> ExperimentConf
         raise ConfigError(f"{where}: {exc}") from exc
 
 
-def _sampler(sweep: SearchSweep) -> optuna.samplers.BaseSampler:
+def _sampler(sweep: SearchSweep, salt: str = "") -> optuna.samplers.BaseSampler:
+    """The sweep's sampler, seeded by its seed (and `salt`: processes proposing at once need streams of their own).
+
+    One seeded stream is reproducible trial for trial where one process asks (local workers share it under a
+    lock); several Slurm jobs each seeded alike would propose the same parameters, so each salts its seed with
+    its job id: such a search is exactly-once and resumable, but its proposals depend on the jobs' timing (use
+    `sampler: grid` or `enqueue` for proposals fixed in advance).
+    """
+    seed = sweep.seed if not salt else int(hashlib.sha256(f"{sweep.seed}:{salt}".encode()).hexdigest()[:8], 16)
     if sweep.settings.sampler == "grid":
         grid = {k: list(v["choices"]) for k, v in sweep.space.items()}
-        return optuna.samplers.GridSampler(grid, seed=sweep.seed)
+        return optuna.samplers.GridSampler(grid, seed=seed)
     if sweep.settings.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=sweep.seed)
-    return optuna.samplers.TPESampler(seed=sweep.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def _pruner(s: SearchSettings, max_steps: int) -> optuna.pruners.BasePruner:
@@ -247,18 +270,29 @@ def run_search(
     new_study: bool = False,
     gpus_per_trial: int = 0,
     finalize: bool | None = None,
+    stop: threading.Event | None = None,
+    linger: bool = True,
+    claim_attrs: dict | None = None,
 ) -> dict:
-    """Run trials until `n_trials` exist (complete, pruned or failed), `workers` at a time; then finalize.
+    """Run trials until `n_trials` are finished (complete, pruned or failed), `workers` at a time; then finalize.
 
-    `finalize` (default: the file's `search.finalize`): when every trial is done, run the selected
-    configuration on the test split (`finalize_search`). Returns the trial states, the best trial and the
-    final result (None until finalized).
+    Each trial runs exactly once, also under faults: a trial whose worker is gone (killed command, lost Slurm
+    job) or stopped (`stop`: scancel, preemption, time limit) is given back: failed as given back (it does not
+    count) and queued again with its parameters and run name, so its run resumes from its last checkpoint under
+    its run lock. This is also the loop of a Slurm worker job (`gemkr_lab.sweep.slurm`): `stop`, `linger=False`
+    (leave when nothing is left to start instead of waiting on other workers' trials) and its job in
+    `claim_attrs`.
+
+    `finalize` (default: the file's `search.finalize`): when every trial is finished, run the selected
+    configuration on the test split (`finalize_search`, once: serialised by a lock, complete runs read back).
+    Returns the trial states, the best trial and the final result (None until finalized).
     """
-    from gemkr_lab.sweep.grid import _gpu_groups, launch
+    from gemkr_lab.sweep.grid import POLL_SECONDS, STOPPED, _Either, _gpu_groups, launch
 
     store = study_mod.open_storage(storage, Path(sweep.root))
     study = _search_study(sweep, store, new_study)
-    study_mod.requeue_stale(study, store, retries=0)
+    if claim_attrs and claim_attrs.get("slurm_job"):  # each job its own proposals (one seed would repeat them)
+        study.sampler = _sampler(sweep, salt=str(claim_attrs["slurm_job"]))
     dists = distributions(sweep, sweep.name)
     groups = _gpu_groups(workers, gpus_per_trial)
     lock = threading.Lock()
@@ -270,36 +304,105 @@ def run_search(
         eval_env[_SETTINGS_ENV] = json.dumps({"settings": dataclasses.asdict(s), "max_steps": max_steps})
 
     def worker(slot: int) -> None:
-        while True:
+        while stop is None or not stop.is_set():
             with lock:
-                started = study.get_trials(
-                    deepcopy=False,
-                    states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING),
-                )
-                if len(started) >= s.n_trials:
+                requeue_dead(sweep, study, store)
+                trial = _next_trial(sweep, study, dists)
+                if trial is None:
+                    if linger and study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                        time.sleep(POLL_SECONDS)  # another command's trials: run them if their worker dies
+                        continue
                     return
-                trial = study.ask(dists)
-                name = f"{sweep.base}@trial-{trial.number:04d}"
+                name = trial.user_attrs.get("name") or f"{sweep.base}@trial-{trial.number:04d}"
                 overrides = trial_overrides(sweep, trial.params, name, "validation")
                 # prepared one at a time (and transformers' lazy imports are not thread-safe)
                 overrides += prepared_overrides(load_experiment(sweep.base, overrides), sweep.root)
+                out = run_dir(sweep.root, with_seed(load_experiment(sweep.base, overrides), sweep.seed))
+                attrs = {**(claim_attrs or {}), "name": name, "run": str(out), "host": socket.gethostname()}
+                for key, value in (attrs | {"pid": os.getpid(), "heartbeat": time.time()}).items():
+                    study_mod.retrying(store.set_trial_user_attr, trial._trial_id, key, value)
+                for entry in read_intermediate(out) if trial.user_attrs.get("resumes") is not None else ():
+                    study_mod.retrying(trial.report, entry["means"][s.objective], step=entry["step"])
             env = dict(zip(_ENV, (url, sweep.name, str(trial._trial_id)), strict=True)) | eval_env
-            out = run_dir(sweep.root, with_seed(load_experiment(sweep.base, overrides), sweep.seed))
-            study_mod.retrying(store.set_trial_user_attr, trial._trial_id, "run", str(out))
-            stop = threading.Event()
-            with study_mod.Heartbeat(store, trial._trial_id, on_lost=stop.set) as beat:
-                code = launch(sweep.base, overrides, sweep.seed, sweep.root, out, groups[slot], env, stop=stop)
-            if beat.lost.is_set():  # judged dead by another command, which finished the trial: run stopped
+            if lock_holder(out / RUN_LOCK):  # its stopped trainer is still ending: never two trainers of one run
+                with lock_file(out / RUN_LOCK, wait=None, what=f"run {out}"):
+                    pass
+            lost = threading.Event()
+            ended = lost if stop is None else _Either(lost, stop)
+            with study_mod.Heartbeat(store, trial._trial_id, on_lost=lost.set) as beat:
+                code = launch(sweep.base, overrides, sweep.seed, sweep.root, out, groups[slot], env, stop=ended)
+            if beat.lost.is_set():  # judged dead by another command, which gave it back: run stopped
                 continue
+            manifest = read_manifest(out) or {}
+            if stop is not None and stop.is_set() and manifest.get("status") != "complete" and code != PRUNED_EXIT:
+                with lock:
+                    give_back(study, store, study_mod.retrying(store.get_trial, trial._trial_id), STOPPED)
+                return
             _tell(study, store, trial, code, out, s)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         list(pool.map(worker, range(max(1, workers))))
-    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    states = [t.state.name for t in counted_trials(study)]
     result = {st: states.count(st) for st in sorted(set(states))} | {"best": _best(study, s), "final": None}
-    if s.finalize if finalize is None else finalize:
-        result["final"] = finalize_search(sweep, storage, workers=workers, gpus_per_trial=gpus_per_trial)
+    stopped = stop is not None and stop.is_set()
+    if (s.finalize if finalize is None else finalize) and not stopped and _all_finished(sweep, study):
+        with lock_file(Path(sweep.root) / ".finalize.lock", wait=None, what=f"the final step of {sweep.name}"):
+            result["final"] = finalize_search(sweep, storage, workers=workers, gpus_per_trial=gpus_per_trial)
     return result
+
+
+def counted_trials(study: optuna.Study) -> list:
+    """The search's trials, less those given back (each has a successor, naming it in `resumes`, in its place)."""
+    trials = study.get_trials(deepcopy=False)
+    back = given_back_numbers(trials)
+    return [t for t in trials if t.number not in back]
+
+
+def given_back_numbers(trials) -> set[int]:
+    """The numbers of the trials given back: those a successor resumes."""
+    return {t.user_attrs["resumes"] for t in trials if t.user_attrs.get("resumes") is not None}
+
+
+def _next_trial(sweep: SearchSweep, study: optuna.Study, dists):
+    """A queued trial (enqueued or given back), else a new one while fewer than `n_trials` exist; else None."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if not waiting and len(counted_trials(study)) >= sweep.settings.n_trials:
+        return None
+    return study.ask(dists)
+
+
+def _all_finished(sweep: SearchSweep, study: optuna.Study) -> bool:
+    trials = counted_trials(study)
+    return len(trials) >= sweep.settings.n_trials and all(t.state.is_finished() for t in trials)
+
+
+def give_back(study: optuna.Study, store, trial, reason: str, failed: bool = False) -> bool:
+    """Fail a trial as given back and queue its successor: the same parameters and run name (the run resumes).
+
+    `failed`: the caller has failed it already (`requeue_stale`). Returns False, changing nothing, when the
+    trial was finished meanwhile (by its worker or another command).
+    """
+    try:
+        study_mod.retrying(store.set_trial_user_attr, trial._trial_id, "error", reason)
+        if not failed and not study_mod.retrying(store.set_trial_state_values, trial._trial_id, TrialState.FAIL):
+            return False
+    except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+        return False
+    attrs = {"name": trial.user_attrs.get("name"), "resumes": trial.number}
+    study_mod.retrying(study.enqueue_trial, trial.params, user_attrs=attrs, skip_if_exists=False)
+    return True
+
+
+def requeue_dead(sweep: SearchSweep, study: optuna.Study, store) -> int:
+    """Give back the RUNNING trials whose worker is gone (never one whose trainer still holds its run lock)."""
+
+    def busy(attrs: dict) -> bool:
+        return bool(attrs.get("run")) and lock_holder(Path(attrs["run"]) / RUN_LOCK) is not None
+
+    def successor(trial) -> None:  # requeue_stale failed it already
+        give_back(study, store, trial, "worker stopped (no heartbeat)", failed=True)
+
+    return study_mod.requeue_stale(study, store, retries=0, busy=busy, requeue=successor)
 
 
 def _tell(study: optuna.Study, store, trial, code: int, out: Path, settings: SearchSettings) -> None:
@@ -402,6 +505,7 @@ def finalize_search(sweep: SearchSweep, storage: str | None = None, workers: int
         raise FinalRunError(f"search {sweep.name}: final test runs failed ({listed}); run --finalize again to resume")
     final = {
         "trial": best.number,
+        "name": best.user_attrs.get("name"),
         "params": best.params,
         "validation": dict(zip(value_names(sweep.settings), best.values, strict=True)),
         "rule": sweep.settings.selection_rule(),
@@ -544,3 +648,99 @@ def is_search(path: str | Path) -> bool:
     except yaml.YAMLError:
         return False  # reported by the loader that reads it, with the file
     return isinstance(raw, dict) and "search" in raw
+
+
+# --- on Slurm ------------------------------------------------------------------------------------------------
+
+
+def run_search_slurm(
+    sweep: SearchSweep,
+    options,
+    storage: str | None = None,
+    new_study: bool = False,
+    wait: bool = False,
+    progress: bool | None = None,
+    command: str = "",
+) -> dict:
+    """Submit worker jobs for what is left of the search; with `wait`, follow until it is finished (and final).
+
+    Each worker job runs `run_search` (one worker, `linger=False`): it starts queued or new trials until
+    `n_trials` exist, giving its running trial back when Slurm stops it (scancel, preemption, the time limit:
+    the trainer checkpoints, the successor resumes). The job that finds every trial finished runs the final
+    test-split step. Without `wait` the command returns after submitting; run again it submits workers only for
+    what is left. With `wait` it re-queues lost jobs' trials (`requeue_dead`) and submits workers for them.
+    """
+    from gemkr_lab.sweep import slurm as sl
+    from gemkr_lab.sweep.grid import POLL_SECONDS
+
+    sl.check_slurm()
+    store = study_mod.open_storage(storage, Path(sweep.root))
+    study = _search_study(sweep, store, new_study)
+    submitted = _top_up_slurm(sweep, options, study, storage, command)
+    shown = None
+    while wait:
+        with study_mod.queue_lock(sweep.root):
+            requeue_dead(sweep, study, store)
+        submitted += _top_up_slurm(sweep, options, study, storage, command)
+        left = _slurm_left(sweep, study)
+        line = _progress_line(sweep, study, left)
+        if progress is not False and line != shown:
+            print(line, flush=True)
+            shown = line
+        if not any(left.values()):
+            break
+        active = sl.active_jobs(sl.job_name(sweep))
+        crashed = [j for j in sl.read_jobs(sweep.root).get("jobs", []) if j.get("state") == "FAILED"]
+        if len(crashed) >= sl.WORKER_FAILURES and not active:
+            raise ConfigError(
+                f"{len(crashed)} worker jobs failed (the workers themselves); see {crashed[-1]['stderr']}"
+            )
+        time.sleep(POLL_SECONDS)
+    with sl.ledger_lock(sweep):
+        sl.update_jobs(sweep, study)
+    states = [t.state.name for t in counted_trials(study)]
+    return {
+        "submitted": submitted,
+        "active": sl.active_jobs(sl.job_name(sweep)),
+        **{st: states.count(st) for st in sorted(set(states))},
+        "left": _slurm_left(sweep, study),
+        "best": _best(study, sweep.settings),
+        "final": read_final(sweep),
+        "jobs_file": str(sl.jobs_dir(sweep.root) / sl.JOBS_FILE),
+    }
+
+
+def _slurm_left(sweep: SearchSweep, study: optuna.Study) -> dict[str, int]:
+    """What is left: trials to start (new or queued), running, and the final step (1 while it is missing)."""
+    trials = counted_trials(study)
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    running = sum(t.state == TrialState.RUNNING for t in trials)
+    new = max(0, sweep.settings.n_trials - len(trials))
+    final = int(sweep.settings.finalize and read_final(sweep) is None)
+    return {"to_start": new + waiting, "running": running, "final": final}
+
+
+def _top_up_slurm(sweep: SearchSweep, options, study, storage: str | None, command: str) -> list[str]:
+    """Submit worker jobs for what is left, never more than `max_jobs` at once (serialised across commands)."""
+    from gemkr_lab.sweep import slurm as sl
+
+    with sl.ledger_lock(sweep):
+        active = sl.active_jobs(sl.job_name(sweep))
+        left = _slurm_left(sweep, study)
+        wanted = left["to_start"] + left["running"] or left["final"]  # the final step: one job, once trials end
+        n = min(options.max_jobs, wanted) - len(active)
+        new = []
+        if n > 0 and (left["to_start"] or (left["final"] and not left["running"])):
+            new = sl.submit_workers(sweep, options, 0, storage, n, loop=run_search)
+        sl.update_jobs(sweep, study, new, command)
+        return new
+
+
+def _progress_line(sweep: SearchSweep, study: optuna.Study, left: dict[str, int]) -> str:
+    states = [t.state.name.lower() for t in counted_trials(study) if t.state.is_finished()]
+    done = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) or "none finished"
+    final = "final step pending" if left["final"] else "final step done"
+    return (
+        f"search {sweep.name}: {len(states)}/{sweep.settings.n_trials} trials finished ({done}); "
+        f"{left['to_start']} to start, {left['running']} running; {final}"
+    )

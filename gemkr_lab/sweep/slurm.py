@@ -280,11 +280,13 @@ class SlurmWorker(Checkpointable):
     """One worker job: the local worker loop (`run_sweep`, one worker) until no trial is queued.
 
     Pickled by submitit at submission; what it holds is plain data (the sweep, retries, the submitter's working
-    directory). The storage URL comes from the job's environment (`STORAGE_ENV`).
+    directory) and, for other kinds of sweeps, the loop to run (a module-level function, pickled by name, e.g.
+    `gemkr_lab.sweep.search.run_search`, called with the sweep and the keyword arguments `workers`, `storage`,
+    `stop`, `linger` and `claim_attrs`). The storage URL comes from the job's environment (`STORAGE_ENV`).
     """
 
-    def __init__(self, sweep: GridSweep, retries: int, cwd: str) -> None:
-        self.sweep, self.retries, self.cwd = sweep, retries, cwd
+    def __init__(self, sweep, retries: int, cwd: str, loop=None) -> None:
+        self.sweep, self.retries, self.cwd, self.loop = sweep, retries, cwd, loop
 
     def __call__(self, index: int = 0) -> dict:
         """Run trials until none is queued; returns `run_sweep`'s summary."""
@@ -298,19 +300,18 @@ class SlurmWorker(Checkpointable):
         errors: list[BaseException] = []
 
         def body() -> None:
+            common = {
+                "workers": 1,
+                "storage": os.environ.get(STORAGE_ENV) or None,
+                "stop": self._stop,
+                "linger": False,
+                "claim_attrs": {"slurm_job": job, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", "")},
+            }
             try:
-                result.update(
-                    run_sweep(
-                        self.sweep,
-                        workers=1,
-                        retries=self.retries,
-                        storage=os.environ.get(STORAGE_ENV) or None,
-                        progress=False,
-                        stop=self._stop,
-                        linger=False,
-                        claim_attrs={"slurm_job": job, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES", "")},
-                    )
-                )
+                if self.loop is None:
+                    result.update(run_sweep(self.sweep, retries=self.retries, progress=False, **common))
+                else:
+                    result.update(self.loop(self.sweep, **common))
             except BaseException as exc:  # raised again in the main thread, so that the job fails
                 errors.append(exc)
 
@@ -334,7 +335,7 @@ class SlurmWorker(Checkpointable):
             print("requeue signal: the running trial checkpoints and goes back to the queue", flush=True)
             stop.set()
             runner.join(STOP_WAIT_SECONDS)
-        return DelayedSubmission(SlurmWorker(self.sweep, self.retries, self.cwd), *args, **kwargs)
+        return DelayedSubmission(SlurmWorker(self.sweep, self.retries, self.cwd, self.loop), *args, **kwargs)
 
 
 # --- the ledger of worker jobs --------------------------------------------------------------------------------
@@ -359,7 +360,7 @@ def job_name(sweep: GridSweep) -> str:
     return f"gemkr-{re.sub(r'[^A-Za-z0-9_.-]', '_', sweep.name)[:40]}-{digest}"
 
 
-def _active(name: str) -> dict[str, str]:
+def active_jobs(name: str) -> dict[str, str]:
     """Job id -> state of the sweep's worker jobs that Slurm still holds (pending, running, requeued, ...)."""
     try:
         out = subprocess.run(
@@ -401,7 +402,7 @@ def _log_paths(folder: Path, job: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _ledger_lock(sweep: GridSweep):
+def ledger_lock(sweep: GridSweep):
     """Serialises submissions and ledger writes of all sweep commands on this sweep."""
     folder = jobs_dir(sweep.root)
     folder.mkdir(parents=True, exist_ok=True)
@@ -412,7 +413,7 @@ def _ledger_lock(sweep: GridSweep):
 def update_jobs(sweep: GridSweep, study, new: list[str] = (), command: str = "") -> dict:
     """Refresh `<root>/slurm/jobs.json`: every worker job of the sweep with its state, logs and trials run.
 
-    Call it under `_ledger_lock`: two commands writing at once would drop each other's new jobs.
+    Call it under `ledger_lock`: two commands writing at once would drop each other's new jobs.
     """
     folder = jobs_dir(sweep.root)
     ledger = read_jobs(sweep.root) or {"format": 1, "sweep": sweep.name, "jobs": []}
@@ -420,7 +421,7 @@ def update_jobs(sweep: GridSweep, study, new: list[str] = (), command: str = "")
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     for job in new:
         known[job] = {"job": job, "submitted": now, "command": command, **_log_paths(folder, job)}
-    active = _active(job_name(sweep))
+    active = active_jobs(job_name(sweep))
     ended = [j for j, rec in known.items() if j not in active and rec.get("state") not in _TERMINAL]
     final = _final_states(folder, ended)
     trials: dict[str, list[dict]] = {}
@@ -429,6 +430,8 @@ def update_jobs(sweep: GridSweep, study, new: list[str] = (), command: str = "")
         if job:
             trials.setdefault(str(job), []).append(
                 {
+                    "trial": t.number,
+                    "name": t.user_attrs.get("name"),
                     "cell": t.user_attrs.get("cell"),
                     "seed": t.user_attrs.get("seed"),
                     "attempt": t.user_attrs.get("attempt", 1),
@@ -465,7 +468,7 @@ _TERMINAL = {
 # --- submitting and following --------------------------------------------------------------------------------
 
 
-def _check_slurm() -> None:
+def check_slurm() -> None:
     missing = [c for c in ("sbatch", "srun", "squeue", "sacct") if shutil.which(c) is None]
     if missing:
         raise ConfigError(
@@ -491,8 +494,8 @@ def _storage_in_environment(storage: str | None):
             os.environ[STORAGE_ENV] = before
 
 
-def _submit(sweep: GridSweep, options: SlurmOptions, retries: int, storage: str | None, n: int) -> list[str]:
-    """Submit `n` worker jobs (an array when n > 1); their job ids."""
+def submit_workers(sweep, options: SlurmOptions, retries: int, storage: str | None, n: int, loop=None) -> list[str]:
+    """Submit `n` worker jobs (an array when n > 1) running `loop` (default: the grid's); their job ids."""
     folder = jobs_dir(sweep.root)
     folder.mkdir(parents=True, exist_ok=True)
     executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=MAX_REQUEUES)
@@ -514,7 +517,7 @@ def _submit(sweep: GridSweep, options: SlurmOptions, retries: int, storage: str 
     if extra:
         params["additional_parameters"] = extra
     executor.update_parameters(**params)
-    worker = SlurmWorker(sweep, retries, os.getcwd())
+    worker = SlurmWorker(sweep, retries, os.getcwd(), loop)
     try:
         with _storage_in_environment(storage):
             jobs = executor.map_array(worker, range(n)) if n > 1 else [executor.submit(worker, 0)]
@@ -532,11 +535,11 @@ def _left(study) -> tuple[int, int]:
 
 def _top_up(sweep, options: SlurmOptions, study, retries: int, storage: str | None, command: str) -> tuple[list, dict]:
     """Submit workers for what is left; returns (ids submitted, ledger). Serialised across sweep commands."""
-    with _ledger_lock(sweep):
-        active = _active(job_name(sweep))
+    with ledger_lock(sweep):
+        active = active_jobs(job_name(sweep))
         waiting, running = _left(study)
         n = min(options.max_jobs, waiting + running) - len(active)
-        new = _submit(sweep, options, retries, storage, n) if n > 0 and waiting > 0 else []
+        new = submit_workers(sweep, options, retries, storage, n) if n > 0 and waiting > 0 else []
         return new, update_jobs(sweep, study, new, command)
 
 
@@ -558,7 +561,7 @@ def run_slurm(
         grid_complete / grid_total: (cell, seed) pairs; queued / running: trials; failed_for_good: as
         `run_sweep`'s; jobs_file: the ledger of jobs and logs.
     """
-    _check_slurm()
+    check_slurm()
     _, plan, study, queue = open_grid(sweep, storage, new_study, retries, retry_failed)
     submitted, _ = _top_up(sweep, options, study, retries, storage, command)
     if wait:
@@ -567,11 +570,11 @@ def run_slurm(
     left = set(pending(sweep))
     waiting, running = _left(study)
     given_up = write_failed(sweep, queue.exhausted)
-    with _ledger_lock(sweep):
+    with ledger_lock(sweep):
         update_jobs(sweep, study)
     return {
         "submitted": submitted,
-        "active": _active(job_name(sweep)),
+        "active": active_jobs(job_name(sweep)),
         "grid_complete": len(plan) - len(left),
         "grid_total": len(plan),
         "queued": waiting,

@@ -367,8 +367,13 @@ def retrying(call, *args, seconds: float | None = None, **kwargs):
             delay = min(2 * delay, 5.0)
 
 
-def requeue_stale(study: optuna.Study, storage, retries: int, stale_after: float | None = None, busy=None) -> int:
+def requeue_stale(
+    study: optuna.Study, storage, retries: int, stale_after: float | None = None, busy=None, requeue=None
+) -> int:
     """Fail RUNNING trials whose worker is gone and queue them again; returns how many.
+
+    `requeue(trial)`, when given, queues the failed trial's successor instead of the retry rule (a search gives
+    a dead trial back with its parameters, so that its run resumes).
 
     Alive, whatever else: `busy(user_attrs)` is true (a trainer holds the trial's run lock: an orphaned trainer
     of a killed sweep is waited for, never doubled). Otherwise gone: its launcher no longer exists on this host,
@@ -393,7 +398,10 @@ def requeue_stale(study: optuna.Study, storage, retries: int, stale_after: float
                 continue
         except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
             continue  # finished meanwhile (by its worker or another command's re-queue)
-        _retry(study, attrs, retries)
+        if requeue is not None:
+            requeue(t)
+        else:
+            _retry(study, attrs, retries)
         n += 1
     return n
 

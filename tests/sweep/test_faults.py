@@ -128,7 +128,8 @@ class Trainers:
                 continue
             if "run-cell" not in args or "--root" not in args or args[args.index("--root") + 1] != self.root:
                 continue
-            key = (args[args.index("run-cell") + 1], int(args[args.index("--seed") + 1]))
+            named = [a[len("name=") :] for a in args if a.startswith("name=")]  # a search trial's run name
+            key = (named[-1] if named else args[args.index("run-cell") + 1], int(args[args.index("--seed") + 1]))
             found[int(entry.name)] = key
             self.parents[int(entry.name)] = (ppid, key)
         return found

@@ -367,3 +367,114 @@ def test_a_released_trial_goes_back_to_the_queue_with_the_same_attempt(tmp_path)
     assert again.state == TrialState.WAITING and again.user_attrs["attempt"] == 1 and again.user_attrs["cell"] == "a"
     assert not study_mod.release(study, store, first, STOPPED)  # finished already: nothing changes
     assert len(study.get_trials()) == 2
+
+
+# --- search sweeps ---------------------------------------------------------------------------------------------
+
+
+def _search_file(path: Path, tiny_world, name: str) -> Path:
+    """A 3-trial search whose trials are fixed in advance (enqueued), so that any launcher runs the same ones."""
+    world, prepared = tiny_world
+    spec = {
+        "name": name,
+        "root": str(path.parent / "runs"),
+        "base": "tiny-cpu/full",
+        "seed": 0,
+        "overrides": [
+            f"data_root={world}",
+            f"prepared={prepared}",
+            "data.validation_size=0.25",
+            "train.max_steps=40",
+            "train.checkpoint_every_n_steps=5",
+            "limit_train=16",
+            "train.batch_size=8",
+            "decoding.num_groups=2",
+            "decoding.max_clue_tokens=3",
+            "tracking.wandb=false",
+        ],
+        "search": {
+            "space": {"train.lr": {"type": "categorical", "choices": [0.005, 0.002, 0.0005]}},
+            "enqueue": [{"train.lr": 0.005}, {"train.lr": 0.002}, {"train.lr": 0.0005}],
+            "n_trials": 3,
+            "sampler": "random",
+            "eval_every_n_steps": 10,
+            "eval_queries": 8,
+            "final_seeds": [0],
+        },
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _search_trials(path: Path):
+    import optuna
+
+    from gemkr_lab.sweep.search import load_search_file
+
+    sweep = load_search_file(path)
+    store = study_mod.open_storage(None, Path(sweep.root))
+    return optuna.load_study(study_name=sweep.name, storage=store).get_trials()
+
+
+@pytest.mark.slow
+def test_a_search_through_slurm_runs_each_trial_once_survives_scancel_and_equals_a_local_run(
+    tmp_path, tiny_world, slurm
+):
+    name = f"search-{uuid.uuid4().hex[:8]}"
+    path = _search_file(tmp_path / "slurm" / "search.yaml", tiny_world, name)
+    root = path.parent / "runs"
+    launcher = ["--launcher", "slurm", "--max-jobs", "2"]
+    with Trainers(root) as trainers:
+        first = _sweep(path, slurm, *launcher)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "submitted 2 worker job(s)" in first.stdout, first.stdout
+
+        def training():  # a trial a job runs, past its first checkpoint: a cancel now loses a run mid-way
+            for t in _search_trials(path):
+                run = t.user_attrs.get("run")
+                running = t.state == TrialState.RUNNING and t.user_attrs.get("slurm_job") and run
+                if running and (Path(run) / "checkpoints" / "last.ckpt").is_file():
+                    return t
+            return None
+
+        victim = _wait(training, 600, "a job's trial to checkpoint")
+        job = victim.user_attrs["slurm_job"]
+        subprocess.run(["scancel", job], env=slurm, check=True)
+        final = _sweep(path, slurm, *launcher, "--wait")
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert set(trainers.most.values()) == {1}, trainers.overlaps  # never two trainers of one trial's run
+
+    trials = _search_trials(path)
+    back = {t.user_attrs["resumes"] for t in trials if t.user_attrs.get("resumes") is not None}
+    counted = [t for t in trials if t.number not in back]
+    given_back = [t for t in trials if t.number in back]
+    assert len(counted) == 3 and all(t.state == TrialState.COMPLETE for t in counted)  # each trial once
+    names = [t.user_attrs["name"] for t in counted]
+    assert len(set(names)) == 3 and victim.user_attrs["name"] in names
+    assert [t.number for t in given_back] == [victim.number] and given_back[0].state == TrialState.FAIL
+    successor = next(t for t in counted if t.user_attrs.get("resumes") == victim.number)
+    assert successor.params == victim.params and successor.user_attrs["slurm_job"] != job
+    manifest = read_manifest(Path(successor.user_attrs["run"]))
+    assert manifest["resumed_from_steps"] and manifest["resumed_from_steps"][-1] >= 5  # resumed, not restarted
+
+    local_path = _search_file(tmp_path / "local" / "search.yaml", tiny_world, name)
+    local = _sweep(local_path, dict(os.environ), "--workers", "2")
+    assert local.returncode == 0, local.stdout + local.stderr
+
+    def outcome(p: Path) -> tuple[dict, dict]:
+        by_name = {
+            t.user_attrs["name"]: (t.params, t.values, t.intermediate_values)
+            for t in _search_trials(p)
+            if t.state != TrialState.FAIL
+        }
+        final = json.loads((p.parent / "runs" / "final.json").read_text())
+        return by_name, {k: v for k, v in final.items() if k not in ("seeds", "trial")} | {
+            "means": {s: r["means"] for s, r in final["seeds"].items()}
+        }
+
+    # the same trials (by run name; a successor's number differs), values, intermediate values and test result
+    assert outcome(path) == outcome(local_path)
+    assert outcome(path)[1]["name"] in names
+    ledger = read_jobs(root)
+    assert job in {j["job"] for j in ledger["jobs"]}
