@@ -4,9 +4,17 @@ torch picks its CPU kernels by the instruction set it finds: ATen's vectorised k
 AVX512), MKL's BLAS code path and oneDNN's primitives. Their results differ in the last bits (another vector
 width sums in another order), and training amplifies that: after 40 steps a tiny model trained on an AVX-512
 machine is not the one trained on an AVX2 machine. Portable mode (`train.portable_cpu_numerics`) holds all
-three to AVX2 through the environment torch reads when it loads:
+ATen to AVX2 and MKL to its cross-vendor branch through the environment torch reads when it loads, and keeps
+oneDNN out of the computation once torch is loaded (`hold_kernels`):
 
-    ATEN_CPU_CAPABILITY=avx2   MKL_CBWR=AVX2   ONEDNN_MAX_CPU_ISA=AVX2
+    ATEN_CPU_CAPABILITY=avx2   MKL_CBWR=COMPATIBLE   ONEDNN_MAX_CPU_ISA=AVX2   torch.backends.mkldnn.enabled=False
+
+Why COMPATIBLE and not MKL's AVX2 branch: MKL documents its AVX2..AVX512 branches for Intel CPUs only; on other
+CPUs (AMD) `MKL_CBWR=AVX2` runs its automatic branch, so an AMD-made table would not repeat on an Intel machine.
+COMPATIBLE (SSE2 without approximate reciprocals, fixed blocking, deterministic reductions) is the branch MKL
+supports on every x86-64 CPU. Why oneDNN off: its primitives pick their blocking from the CPU's cache sizes, so
+the same instruction set may still sum in another order on another CPU; with it off, convolutions run ATen's own
+kernels over MKL's GEMM, both held above. `ONEDNN_MAX_CPU_ISA` stays set for anything that reaches oneDNN anyway.
 
 `apply_for(config)` sets them in `os.environ` (over whatever the user's environment says) before torch is
 imported; every process started afterwards inherits them (a sweep's `run-cell` processes, Lightning's DDP
@@ -32,9 +40,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-"""What portable mode sets: ATen's kernels, MKL's code path (conditional numerical reproducibility) and oneDNN's
-instruction set, each held to AVX2."""
+PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+"""What portable mode sets: ATen's kernels held to AVX2, MKL's cross-vendor code path (conditional numerical
+reproducibility, COMPATIBLE), oneDNN's instruction set held to AVX2."""
 NUMERICS_ENV = (*PORTABLE_ENV, "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_DEBUG_CPU_TYPE")
 """Environment variables that choose CPU code paths, recorded in the manifest as they are."""
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -113,6 +121,21 @@ def apply_portable_cpu_numerics(enabled: bool) -> dict[str, Any]:
     return _state
 
 
+def hold_kernels(enabled: bool) -> None:
+    """Once torch is loaded, in a process that applied portable mode: keep oneDNN out (see the module doc).
+
+    Called where a model is built for training or decoding (`GeMKRModule`); a no-op when the mode is off or fell
+    back. The flag is process-wide, as the environment settings are.
+    """
+    if not enabled or os.environ.get(MARK_ENV) != "1":
+        return
+    import torch
+
+    torch.backends.mkldnn.enabled = False
+    if _state is not None:
+        _state["onednn"] = "off (torch.backends.mkldnn.enabled=False)"
+
+
 def _in_place() -> bool:
     """The portable settings are in the environment and, where torch is loaded, ATen runs its AVX2 kernels."""
     if any(os.environ.get(k) != v for k, v in PORTABLE_ENV.items()):
@@ -184,6 +207,7 @@ def hardware(config, gpus: list[str]) -> dict[str, Any]:
     run's config holds).
     """
     portable = apply_for(config)
+    hold_kernels(config.train.portable_cpu_numerics)  # as the model built for this run will
     import torch
 
     flags = cpu_flags()
@@ -199,6 +223,7 @@ def hardware(config, gpus: list[str]) -> dict[str, Any]:
         "cpu_flags": shown,
         "torch_cpu_capability": _torch_capability(),
         "numerics_env": {k: os.environ.get(k) for k in NUMERICS_ENV},
+        "onednn_enabled": bool(torch.backends.mkldnn.enabled),
         "portable_cpu_numerics": {k: portable[k] for k in ("requested", "applied", "note")},
         "threads": {
             "torch": torch.get_num_threads(),

@@ -13,6 +13,7 @@ import torch
 from gemkr_lab.config.model import ModelConfig
 from gemkr_lab.config.train import TrainConfig
 from gemkr_lab.model.gemkr import Batch, GeMKR
+from gemkr_lab.numerics import hold_kernels
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -40,6 +41,7 @@ class GeMKRModule(L.LightningModule):
     def __init__(self, model_config: ModelConfig, train_config: TrainConfig, vocab_size: int) -> None:
         super().__init__()
         self.model_config, self.train_config = model_config, train_config
+        hold_kernels(train_config.portable_cpu_numerics)  # oneDNN out: portable numerics (gemkr_lab.numerics)
         self.model = GeMKR(model_config, vocab_size)
         self.strict_loading = False  # checkpoints hold the trainable parameters only
         # the global loss of each micro-batch since the last optimizer step, left on the device: read (a host

@@ -123,7 +123,7 @@ def test_apply_sets_the_environment_before_torch_over_the_users(tmp_path):
         "print(json.dumps([state, torch.backends.cpu.get_cpu_capability(), "
         "{k: os.environ.get(k) for k in ('ATEN_CPU_CAPABILITY', 'MKL_CBWR', 'ONEDNN_MAX_CPU_ISA')}]))\n"
     )
-    hostile = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+    hostile = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"}
     done = subprocess.run([PY, "-c", code], env=_clean_env(**hostile), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     state, capability, env = json.loads(done.stdout)
@@ -146,7 +146,7 @@ def test_a_process_that_loaded_torch_with_other_kernels_is_refused():
         pytest.skip(f"portable mode falls back on this CPU: {numerics._missing_isa()}")
     assert done.returncode != 0
     assert "NumericsError" in done.stderr and "before torch is imported" in done.stderr
-    assert "ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2" in done.stderr
+    assert "ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=AVX2" in done.stderr
 
 
 def test_in_a_process_already_portable_apply_is_a_no_op_and_off_changes_nothing(monkeypatch):
@@ -189,7 +189,7 @@ def test_the_processes_a_sweep_launches_inherit_the_portable_environment(monkeyp
 
     monkeypatch.setattr(grid.subprocess, "Popen", FakePopen)
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # as apply_for set it in the sweep's (or a job's) process
-    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     assert grid.launch("tiny-cpu/full", [], 0, str(tmp_path), tmp_path / "run", None, env={"X": "1"}) == 0
     assert seen["cmd"][2:4] == ["gemkr_lab.cli", "run-cell"]  # which applies its own config's numerics again
