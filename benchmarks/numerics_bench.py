@@ -23,8 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 MODES = {"portable": "true", "native": "false", "compatible": "false"}
-"""Runs' `train.portable_cpu_numerics`. "compatible": native mode under the portable settings with MKL's
-cross-vendor branch instead (ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=AVX2), to price it."""
+"""Runs' `train.portable_cpu_numerics`. "compatible": native mode under portable mode's environment
+(ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=COMPATIBLE ONEDNN_MAX_CPU_ISA=AVX2) but with oneDNN left on: what keeping oneDNN
+out adds to portable mode's cost."""
 COMPATIBLE_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
