@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -681,7 +682,12 @@ def run_search_slurm(
     while wait:
         with study_mod.queue_lock(sweep.root):
             requeue_dead(sweep, study, store)
-        submitted += _top_up_slurm(sweep, options, study, storage, command)
+        try:
+            submitted += _top_up_slurm(sweep, options, study, storage, command)
+        except sl.SlurmQueryError as exc:  # its jobs may still run: keep following, never exit on it
+            print(f"{exc}; following on", file=sys.stderr, flush=True)
+            time.sleep(POLL_SECONDS)
+            continue
         left = _slurm_left(sweep, study)
         line = _progress_line(sweep, study, left)
         if progress is not False and line != shown:
@@ -689,7 +695,10 @@ def run_search_slurm(
             shown = line
         if not any(left.values()):
             break
-        active = sl.active_jobs(sl.job_name(sweep))
+        try:
+            active = sl.active_jobs(sl.job_name(sweep))
+        except sl.SlurmQueryError:
+            active = {"?": "UNKNOWN"}  # Slurm unreachable: assume jobs live, never give up on them here
         crashed = [j for j in sl.read_jobs(sweep.root).get("jobs", []) if j.get("state") == "FAILED"]
         if len(crashed) >= sl.WORKER_FAILURES and not active:
             raise ConfigError(

@@ -360,18 +360,39 @@ def job_name(sweep: GridSweep) -> str:
     return f"gemkr-{re.sub(r'[^A-Za-z0-9_.-]', '_', sweep.name)[:40]}-{digest}"
 
 
-def active_jobs(name: str) -> dict[str, str]:
-    """Job id -> state of the sweep's worker jobs that Slurm still holds (pending, running, requeued, ...)."""
-    try:
-        out = subprocess.run(
-            ["squeue", "--noheader", "--array", "--name", name, "--format", "%i %T"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ConfigError(f"squeue failed ({_why(exc)}); is Slurm reachable from here?") from None
+class SlurmQueryError(ConfigError):
+    """squeue kept failing (after `SQUEUE_TRIES` tries with backoff): Slurm is unreachable from here."""
+
+
+SQUEUE_TRIES = 5
+"""How often a failing or slow squeue is tried (waits 1, 2, 4, 8 s between): one slow answer is not an outage."""
+
+
+def active_jobs(name: str, tries: int | None = None) -> dict[str, str]:
+    """Job id -> state of the sweep's worker jobs that Slurm still holds (pending, running, requeued, ...).
+
+    A failing or timed-out squeue is tried again with backoff (`SQUEUE_TRIES`); `SlurmQueryError` after that.
+    """
+    tries = SQUEUE_TRIES if tries is None else tries
+    delay = 1.0
+    for attempt in range(tries):
+        try:
+            out = subprocess.run(
+                ["squeue", "--noheader", "--array", "--name", name, "--format", "%i %T"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout
+            break
+        except (OSError, subprocess.SubprocessError) as exc:
+            if attempt + 1 >= tries:
+                raise SlurmQueryError(
+                    f"squeue failed {tries} times ({_why(exc)}); is Slurm reachable from here?"
+                ) from None
+            print(f"squeue failed ({_why(exc)}); trying again in {delay:.0f} s", file=sys.stderr, flush=True)
+            time.sleep(delay)
+            delay *= 2
     found = {}
     for line in out.splitlines():
         parts = line.split()
@@ -595,7 +616,12 @@ def _follow(sweep, options, study, queue, retries, storage, progress, command) -
     with bar:
         while True:
             queue.reconcile()  # lost jobs' trials re-queued, forgotten pairs queued
-            new, ledger = _top_up(sweep, options, study, retries, storage, command)
+            try:
+                new, ledger = _top_up(sweep, options, study, retries, storage, command)
+            except SlurmQueryError as exc:  # its jobs may still run: keep following, never exit on it
+                bar.write(f"{exc}; following on")
+                time.sleep(POLL_SECONDS)
+                continue
             submitted += new
             if new:
                 bar.write(f"submitted {len(new)} worker job(s): {' '.join(new)}")

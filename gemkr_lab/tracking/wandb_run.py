@@ -23,6 +23,10 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from gemkr_lab.tracking.offline import last_step, offline_attempts
 
+OFFLINE_SERVICE_WAIT_SECONDS = 120
+"""How long an offline run waits for W&B's service process to start (W&B's default, 30 s, is too short on a loaded
+2-core machine); an explicit WANDB_X_SERVICE_WAIT wins. If it still does not start, the run goes on untracked."""
+
 
 def make_logger(
     run_dir: Path,
@@ -37,6 +41,9 @@ def make_logger(
 ):
     """A `StepWandbLogger` (job_type "train") writing under `run_dir`, through a W&B process of this process."""
     os.environ.setdefault("WANDB_SILENT", "true")
+    if mode == "offline":  # nothing waits on a network: give a loaded machine time to start W&B's process
+        os.environ.setdefault("WANDB_X_SERVICE_WAIT", str(OFFLINE_SERVICE_WAIT_SECONDS))
+        os.environ.setdefault("WANDB_INIT_TIMEOUT", str(OFFLINE_SERVICE_WAIT_SECONDS))
     _own_wandb_process()
     return StepWandbLogger(
         project=project,

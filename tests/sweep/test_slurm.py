@@ -478,3 +478,24 @@ def test_a_search_through_slurm_runs_each_trial_once_survives_scancel_and_equals
     assert outcome(path)[1]["name"] in names
     ledger = read_jobs(root)
     assert job in {j["job"] for j in ledger["jobs"]}
+
+
+def test_a_slow_or_failing_squeue_is_tried_again_with_backoff(monkeypatch):
+    from gemkr_lab.sweep import slurm as sl
+
+    calls, sleeps = [], []
+
+    def flaky(cmd, **kwargs):
+        calls.append(cmd[0])
+        if len(calls) < 3:
+            raise subprocess.TimeoutExpired(cmd, kwargs.get("timeout"))
+        return subprocess.CompletedProcess(cmd, 0, stdout="12_0 RUNNING\n13 PENDING\n14 COMPLETED\n", stderr="")
+
+    monkeypatch.setattr(sl.subprocess, "run", flaky)
+    monkeypatch.setattr(sl.time, "sleep", sleeps.append)
+    assert sl.active_jobs("gemkr-x") == {"12_0": "RUNNING", "13": "PENDING"}
+    assert calls == ["squeue"] * 3 and sleeps == [1.0, 2.0]
+    calls.clear()
+    monkeypatch.setattr(sl.subprocess, "run", lambda cmd, **kw: (_ for _ in ()).throw(OSError("no route")))
+    with pytest.raises(sl.SlurmQueryError, match="squeue failed 5 times"):
+        sl.active_jobs("gemkr-x")
