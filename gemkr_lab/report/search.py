@@ -71,8 +71,12 @@ def trials_table(sweep: SearchSweep, study: optuna.Study) -> pd.DataFrame:
                 if t.number not in resumed_by
                 else f"GIVEN BACK (resumed as {resumed_by[t.number]})",
                 **t.params,
-                column: t.values[0] if t.values else None,
-                **({f"{sweep.settings.cost} (cost)": t.values[1] if t.values else None} if sweep.settings.cost else {}),
+                column: t.values[0] if t.values and t.state.name == "COMPLETE" else None,  # pruned: partial
+                **(
+                    {f"{sweep.settings.cost} (cost)": t.values[1] if t.values and len(t.values) > 1 else None}
+                    if sweep.settings.cost
+                    else {}
+                ),
                 "last reported step": steps[-1] if steps else None,
                 "value there": t.intermediate_values[steps[-1]] if steps else None,
                 "train s": manifest.get("train_seconds"),
