@@ -251,7 +251,7 @@ def _sweep(args: argparse.Namespace) -> int:
         except FinalRunError as exc:
             print(f"gemkr-lab: {exc}", file=sys.stderr)
             return 1
-        print(f"search {search.name}: {result}")
+        _print_search(search, result)
         return 0
     if args.finalize:
         raise ConfigError("--finalize ends a search sweep; this is a grid (its cells are scored on test already)")
@@ -270,6 +270,20 @@ def _sweep(args: argparse.Namespace) -> int:
     if result["failed_for_good"]:
         print(f"-> {Path(sweep.root) / 'failed.json'}; run again with --retry-failed (or more --retries)")
     return 1 if result["failed"] or result["failed_for_good"] or result["grid_complete"] < result["grid_total"] else 0
+
+
+def _print_search(search, result: dict) -> None:
+    states = ", ".join(f"{v} {k.lower()}" for k, v in result.items() if k.isupper())
+    print(f"search {search.name}: {states or 'no trials'} (on the validation split)")
+    best, final = result.get("best"), result.get("final")
+    if best:
+        value = f"{search.objective} {100 * best['values'][0]:.1f}"
+        print(f"  best trial {best['number']}: {value} on validation, {best['params']}")
+    if final:
+        shown = ", ".join(f"seed {k} {100 * v['means'][search.objective]:.1f}" for k, v in final["seeds"].items())
+        print(f"  selected on test ({search.objective}): {shown} -> {Path(search.root) / 'final.json'}")
+    elif best:
+        print("  test split not evaluated yet: every trial must finish (or run with --finalize once they have)")
 
 
 def _search_slurm(args: argparse.Namespace, search, given: dict) -> int:

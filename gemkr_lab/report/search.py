@@ -110,7 +110,7 @@ def summary(sweep: SearchSweep, study: optuna.Study, final: dict | None) -> str:
     params = ", ".join(f"{k}={v}" for k, v in best.params.items())
     lines += [
         f"Selected: trial {best.number} ({params}); rule: {s.selection_rule()}. Written as `{SELECTED}` "
-        f"(train it: `gemkr-lab train {SELECTED}`).",
+        f"(train it: `gemkr-lab train {Path(sweep.root) / SELECTED}`).",
         "",
     ]
     if final is None:
@@ -121,12 +121,13 @@ def summary(sweep: SearchSweep, study: optuna.Study, final: dict | None) -> str:
         ]
         return "\n".join(lines)
     seeds = final["seeds"]
-    metrics = list(next(iter(seeds.values()))["means"])
+    metrics = list(dict.fromkeys([*SHOWN, sweep.objective]))
     head = f"| split | what | {' | '.join(metrics)} |"
     rule = "|" + "---|" * (len(metrics) + 2)
+    trial_means = _metrics(best.user_attrs.get("run")).get("means", {})  # the trial's whole validation split
     validation = (
         f"| validation | trial {final['trial']} (seed {sweep.seed}) | "
-        + " | ".join(_pct(best.values[0]) if m == sweep.objective else "" for m in metrics)
+        + " | ".join(_pct(trial_means.get(m)) for m in metrics)
         + " |"
     )
     test = (
@@ -145,6 +146,17 @@ def _pct(x: float | None) -> str:
 def _mean_std(values: list[float]) -> str:
     mean = 100 * statistics.fmean(values)
     return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
+
+
+SHOWN = ("P@5", "R@5", "R@10", "MRR@10")
+"""The metrics the summary shows (the objective is added when it is another)."""
+
+
+def _metrics(run: str | None) -> dict:
+    try:
+        return json.loads((Path(run) / "metrics.json").read_text(encoding="utf-8")) if run else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _manifest(run: str | None) -> dict:
