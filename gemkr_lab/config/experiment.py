@@ -75,6 +75,18 @@ class ConfigError(ValueError):
     """A preset or override that does not fit the configuration schema."""
 
 
+def read_yaml_file(path: str | Path, what: str = "sweep file") -> tuple[Any, Any]:
+    """(data, composed node for line numbers) of a YAML file, by PyYAML's safe rules; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {what}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        return yaml.safe_load(text) or {}, yaml.compose(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+
+
 def load_experiment(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Compose a preset (and the presets it builds on) with `key=value` overrides over the defaults.
 

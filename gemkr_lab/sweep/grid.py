@@ -45,7 +45,7 @@ import yaml
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, load_experiment
+from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, load_experiment, read_yaml_file
 from gemkr_lab.io import lock_holder, write_json
 from gemkr_lab.run.cell import RUN_LOCK, read_manifest, run_dir, seed_dir, with_seed
 from gemkr_lab.sweep import study as study_mod
@@ -78,14 +78,7 @@ def load_sweep(path: str | Path) -> GridSweep:
     (`gemkr_lab.sweep.slurm.launcher_section`).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such sweep file")
-    text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text) or {}
-        node = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    raw, node = read_yaml_file(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a sweep file is a mapping (name, cells, seeds, ...)")
     lines = _item_lines(node)

@@ -47,7 +47,14 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, build, key_lines, load_experiment
+from gemkr_lab.config.experiment import (
+    ConfigError,
+    ExperimentConfig,
+    build,
+    key_lines,
+    load_experiment,
+    read_yaml_file,
+)
 from gemkr_lab.config.search import SearchSettings
 from gemkr_lab.io import lock as lock_file
 from gemkr_lab.io import lock_holder, write_json, write_text
@@ -104,15 +111,8 @@ class SearchSweep:
 def load_search_file(path: str | Path) -> SearchSweep:
     """Read and check a search sweep file; every error names the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such sweep file")
-    text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text) or {}
-        node = yaml.compose(text)
-        lines = key_lines(node)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    raw, node = read_yaml_file(path)
+    lines = key_lines(node)
     sweep = load_search(raw, path, lines)
     if isinstance(raw, dict) and "launcher" in raw:
         from gemkr_lab.sweep.slurm import launcher_section
