@@ -49,6 +49,7 @@ from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, load_expe
 from gemkr_lab.io import lock_holder, write_json
 from gemkr_lab.run.cell import RUN_LOCK, read_manifest, run_dir, seed_dir, with_seed
 from gemkr_lab.sweep import study as study_mod
+from gemkr_lab.sweep.launcher import launcher_section
 from gemkr_lab.sweep.variants import prepared_overrides
 
 
@@ -106,8 +107,6 @@ def load_sweep(path: str | Path) -> GridSweep:
             seen[item] = lines[key][i]
     launcher, slurm = "local", {}
     if "launcher" in raw:
-        from gemkr_lab.sweep.slurm import launcher_section
-
         launcher, slurm = launcher_section(raw["launcher"], path, node)
     sweep = GridSweep(
         name=str(raw["name"]),

@@ -60,6 +60,7 @@ from gemkr_lab.io import lock as lock_file
 from gemkr_lab.io import lock_holder, write_json, write_text
 from gemkr_lab.run.cell import RUN_LOCK, read_intermediate, read_manifest, run_dir, with_seed
 from gemkr_lab.sweep import study as study_mod
+from gemkr_lab.sweep.launcher import launcher_section
 from gemkr_lab.sweep.variants import prepared_overrides
 
 PRUNED_EXIT = 3
@@ -115,8 +116,6 @@ def load_search_file(path: str | Path) -> SearchSweep:
     lines = key_lines(node)
     sweep = load_search(raw, path, lines)
     if isinstance(raw, dict) and "launcher" in raw:
-        from gemkr_lab.sweep.slurm import launcher_section
-
         launcher, slurm = launcher_section(raw["launcher"], path, node)
         sweep = dataclasses.replace(sweep, launcher=launcher, slurm=slurm)
     return sweep
