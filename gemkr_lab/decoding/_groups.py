@@ -10,6 +10,8 @@ candidates (score descending, then beam x vocab + token ascending: the flat inde
 import numba as nb
 import numpy as np
 
+from gemkr_lab.kb import _kernel_cache  # noqa: F401  (stamps the cached kernels by every kernel source)
+
 NEG_INF = np.float32(-np.inf)
 
 

@@ -12,6 +12,7 @@ Wavelet matrix layout: `bits[l]` packs bit `nlev-1-l` of the level-`l` sequence 
 import numba as nb
 import numpy as np
 
+from gemkr_lab.kb import _kernel_cache  # noqa: F401  (stamps the cached kernels by every kernel source)
 from gemkr_lab.kb import _select_kernels as sel
 from gemkr_lab.kb._prefetch import prefetch
 

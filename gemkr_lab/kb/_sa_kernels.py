@@ -8,6 +8,7 @@ refining by a symbol is two binary searches, and the distinct followers are foun
 import numba as nb
 import numpy as np
 
+from gemkr_lab.kb import _kernel_cache  # noqa: F401  (stamps the cached kernels by every kernel source)
 from gemkr_lab.kb import _select_kernels as sel
 
 

@@ -13,6 +13,8 @@ are its stages. Entries are int32; a negative entry `~p` marks position `p` for 
 import numba as nb
 import numpy as np
 
+from gemkr_lab.kb import _kernel_cache  # noqa: F401  (stamps the cached kernels by every kernel source)
+
 
 @nb.njit(cache=True)
 def counts(T, C):

@@ -19,6 +19,8 @@ cached `_fm_kernels.*` / `_sa_kernels.*` entries in `__pycache__`, or their kern
 import numba as nb
 import numpy as np
 
+from gemkr_lab.kb import _kernel_cache  # noqa: F401  (stamps the cached kernels by every kernel source)
+
 NEG_INF = np.float32(-np.inf)
 
 FEW = 32
