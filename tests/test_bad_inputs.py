@@ -107,7 +107,13 @@ SPACE = {"train.lr": {"type": "float", "low": 3.0e-4, "high": 5.0e-3, "log": Tru
 
 @pytest.fixture
 def search_file(tmp_path):
-    spec = {"name": "lr-search", "root": str(tmp_path / "runs"), "base": "tiny-cpu/full", "search": {"space": SPACE}}
+    spec = {
+        "name": "lr-search",
+        "root": str(tmp_path / "runs"),
+        "base": "tiny-cpu/full",
+        "overrides": ["data.validation_size=0.2"],  # a search tunes on a validation split
+        "search": {"space": SPACE},
+    }
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     return path
