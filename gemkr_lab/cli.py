@@ -286,14 +286,20 @@ def _print_search(search, result: dict) -> None:
         print("  test split not evaluated yet: every trial must finish (or run with --finalize once they have)")
 
 
-def _search_slurm(args: argparse.Namespace, search, given: dict) -> int:
+def _slurm_options(args: argparse.Namespace, sweep, given: dict):
+    """The Slurm options of a grid or a search: its file's `launcher:` section with the command line's over it."""
     from gemkr_lab.config.experiment import ConfigError
-    from gemkr_lab.sweep.search import run_search_slurm
-    from gemkr_lab.sweep.slurm import slurm_options
+    from gemkr_lab.sweep.launcher import slurm_options
 
     if args.workers not in (None, 1):
         raise ConfigError("--workers is for --launcher local; with slurm, --max-jobs worker jobs run at once")
-    options = slurm_options(search, given | {"gpus_per_trial": args.gpus_per_trial})
+    return slurm_options(sweep, given | {"gpus_per_trial": args.gpus_per_trial})
+
+
+def _search_slurm(args: argparse.Namespace, search, given: dict) -> int:
+    from gemkr_lab.sweep.search import run_search_slurm
+
+    options = _slurm_options(args, search, given)
     result = run_search_slurm(
         search,
         options,
@@ -322,12 +328,9 @@ def _slurm_args(texts: list[str]) -> list[tuple[str, object]]:
 
 
 def _sweep_slurm(args: argparse.Namespace, sweep, given: dict) -> int:
-    from gemkr_lab.config.experiment import ConfigError
-    from gemkr_lab.sweep.slurm import describe, run_slurm, slurm_options
+    from gemkr_lab.sweep.slurm import describe, run_slurm
 
-    if args.workers not in (None, 1):
-        raise ConfigError("--workers is for --launcher local; with slurm, --max-jobs worker jobs run at once")
-    options = slurm_options(sweep, given | {"gpus_per_trial": args.gpus_per_trial})
+    options = _slurm_options(args, sweep, given)
     result = run_slurm(
         sweep,
         options,

@@ -62,7 +62,7 @@ def trials_table(sweep: SearchSweep, study: optuna.Study) -> pd.DataFrame:
     trials = study.get_trials(deepcopy=False)
     resumed_by = {t.user_attrs["resumes"]: t.number for t in trials if t.user_attrs.get("resumes") is not None}
     for t in trials:
-        manifest = _manifest(t.user_attrs.get("run"))
+        manifest = _run_file(t.user_attrs.get("run"), "manifest.json")
         steps = sorted(t.intermediate_values)
         rows.append(
             {
@@ -124,7 +124,8 @@ def summary(sweep: SearchSweep, study: optuna.Study, final: dict | None) -> str:
     metrics = list(dict.fromkeys([*SHOWN, sweep.objective]))
     head = f"| split | what | {' | '.join(metrics)} |"
     rule = "|" + "---|" * (len(metrics) + 2)
-    trial_means = _metrics(best.user_attrs.get("run")).get("means", {})  # the trial's whole validation split
+    # the selected trial's own run: its whole validation split
+    trial_means = _run_file(best.user_attrs.get("run"), "metrics.json").get("means", {})
     validation = (
         f"| validation | trial {final['trial']} (seed {sweep.seed}) | "
         + " | ".join(_pct(trial_means.get(m)) for m in metrics)
@@ -152,16 +153,10 @@ SHOWN = ("P@5", "R@5", "R@10", "MRR@10")
 """The metrics the summary shows (the objective is added when it is another)."""
 
 
-def _metrics(run: str | None) -> dict:
+def _run_file(run: str | None, name: str) -> dict:
+    """A run directory's JSON file (`metrics.json`, `manifest.json`); {} when there is none."""
     try:
-        return json.loads((Path(run) / "metrics.json").read_text(encoding="utf-8")) if run else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _manifest(run: str | None) -> dict:
-    try:
-        return json.loads((Path(run) / "manifest.json").read_text(encoding="utf-8")) if run else {}
+        return json.loads((Path(run) / name).read_text(encoding="utf-8")) if run else {}
     except (OSError, ValueError):
         return {}
 
