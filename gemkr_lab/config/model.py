@@ -1,6 +1,11 @@
 """The GeMKR model (gemkr_spec.md §2): every component the paper ablates is one field here."""
 
+import functools
+import importlib.util
+import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Literal
 
 from gemkr_lab.config.checks import PROBABILITY, AtLeast, FieldError, check_fields
@@ -14,12 +19,26 @@ def tower_depth(name: str) -> int | None:
     """Blocks of the vision tower `name`, or None when it is not a known ViT."""
     if name in TOWER_DEPTHS:
         return TOWER_DEPTHS[name]
-    try:
-        import open_clip  # a JSON lookup of the architecture, nothing is built
+    return _open_clip_tower_depth(name)
 
-        layers = (open_clip.get_model_config(name) or {}).get("vision_cfg", {}).get("layers")
-    except ImportError:
+
+@functools.cache
+def _open_clip_tower_depth(name: str) -> int | None:
+    """Blocks of open_clip's architecture `name` if it has a native ViT tower, else None.
+
+    Read from the JSON files that `open_clip.get_model_config` serves, without importing open_clip (and with it
+    torch): config checks stay light. A test keeps this equal to open_clip's own answer for every architecture.
+    """
+    spec = importlib.util.find_spec("open_clip")  # locates the installed package; nothing is imported
+    if spec is None or not spec.submodule_search_locations:
         return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model_configs"
+    if not folder.is_dir() or f"{name}.json" not in os.listdir(folder):  # a listed file: no paths from `name`
+        return None
+    cfg = json.loads((folder / f"{name}.json").read_text())
+    if not all(key in cfg for key in ("embed_dim", "vision_cfg", "text_cfg")):  # open_clip skips such files
+        return None
+    layers = cfg["vision_cfg"].get("layers")
     return layers if isinstance(layers, int) else None
 
 

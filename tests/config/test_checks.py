@@ -147,13 +147,6 @@ def test_clue_length_is_one_knob():
     assert load_experiment("tiny-cpu/full").decoding.max_clue_tokens == 9
 
 
-def test_tower_depths_agree_with_the_model():
-    from gemkr_lab.config.model import TOWER_DEPTHS
-    from gemkr_lab.model.vision import VISION_SPECS
-
-    assert {k: v.layers for k, v in VISION_SPECS.items()} == TOWER_DEPTHS
-
-
 BAD_CLI = [
     "model.use_gate=flase",
     "train.lr=fast",
