@@ -6,6 +6,7 @@ so that this order is the decoder's order.
 """
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def read_run(path: str | Path, *, dedup: bool = False) -> dict[str, list[str]]:
             value = float(score)
         except ValueError:
             raise RunFileError(path, line_no, f"score {score!r} is not a number") from None
+        if not math.isfinite(value):  # nan compares false both ways: sorted() would put it anywhere, often first
+            raise RunFileError(path, line_no, f"score {score!r} is not a finite number; fix the run's scores")
         first = seen.setdefault((qid, docid), line_no)
         if first != line_no:
             if not dedup:
@@ -62,9 +65,14 @@ def _desc(docid: str) -> tuple:
 
 
 def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
-    """Relevance labels per query from `qid iteration docid relevance` lines."""
+    """Relevance labels per query from `qid iteration docid relevance` lines.
+
+    Refused: a file without judgements (every query would score 0, silently) and a document judged twice for a
+    query with different labels (which one counts would be an accident of the file's order).
+    """
     path = Path(path)
     qrels: dict[str, dict[str, int]] = {}
+    first: dict[tuple[str, str], int] = {}
     for line_no, fields in _lines(path):
         if len(fields) != 4:
             raise RunFileError(path, line_no, f"expected 4 fields 'qid 0 docid relevance', got {len(fields)}")
@@ -72,7 +80,19 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
             rel = int(fields[3])
         except ValueError:
             raise RunFileError(path, line_no, f"relevance {fields[3]!r} is not an integer") from None
-        qrels.setdefault(fields[0], {})[fields[2]] = rel
+        qid, docid = fields[0], fields[2]
+        earlier = qrels.get(qid, {}).get(docid)
+        if earlier is not None and earlier != rel:
+            raise RunFileError(
+                path,
+                line_no,
+                f"document {docid!r} of query {qid!r} is judged {rel} here and {earlier} on line "
+                f"{first[qid, docid]}; keep one label per (query, document)",
+            )
+        first.setdefault((qid, docid), line_no)
+        qrels.setdefault(qid, {})[docid] = rel
+    if not qrels:
+        raise RunFileError(path, None, "holds no judgements ('qid 0 docid relevance' lines); give the qrels file")
     return qrels
 
 

@@ -60,6 +60,8 @@ def test_per_query_file(files, capsys):
         ("q1 Q0 10 1 3\n", r"run\.txt:1: expected 6 fields"),
         ("q1 Q0 10 1 3 t\nq1 Q0 10 2 2 t\n", r"run\.txt:2: document '10' repeats for query 'q1' \(first at line 1\)"),
         ("q1 Q0 10 1 high t\n", r"run\.txt:1: score 'high' is not a number"),
+        ("q1 Q0 10 1 3 t\nq1 Q0 11 2 nan t\n", r"run\.txt:2: score 'nan' is not a finite number"),  # was ranked 1st
+        ("q1 Q0 10 1 inf t\n", r"run\.txt:1: score 'inf' is not a finite number"),
     ],
 )
 def test_bad_runs_name_the_line(files, capsys, content, message):
@@ -102,6 +104,30 @@ def test_malformed_qrels_and_answers(files, capsys):
     args = ["score", "--run", str(files / "run.txt"), "--answers", str(files / "answers.jsonl")]
     assert main([*args, "--corpus", str(files / "corpus.csv")]) == 2
     assert "answers.jsonl:1:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", r"qrels\.txt: holds no judgements"),  # was: 0 queries, exit 0
+        ("\n  \n", r"qrels\.txt: holds no judgements"),
+        (
+            "q1 0 12 1\nq2 0 10 1\nq1 0 12 0\n",  # was: the last label kept
+            r"qrels\.txt:3: document '12' of query 'q1' is judged 0 here and 1 on line 1",
+        ),
+    ],
+)
+def test_empty_and_conflicting_qrels_are_refused(files, capsys, content, message):
+    (files / "qrels.txt").write_text(content, encoding="utf-8")
+    assert main(["score", "--run", str(files / "run.txt"), "--qrels", str(files / "qrels.txt")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_repeated_identical_judgement_is_accepted(files, capsys):
+    (files / "qrels.txt").write_text("q1 0 12 1\nq1 0 12 1\n", encoding="utf-8")
+    assert main(["score", "--run", str(files / "run.txt"), "--qrels", str(files / "qrels.txt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["R@5"] == 1.0
 
 
 def test_answers_are_matched_in_the_official_texts_unless_switched(tmp_path, capsys):
