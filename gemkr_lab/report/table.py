@@ -22,6 +22,7 @@ import pandas as pd
 from gemkr_lab.config.published import FIRST_HAND, KIND_NAMES, Published, PublishedError, read_published
 from gemkr_lab.data.prepare import clue_targets_summary
 from gemkr_lab.kb.storage import write_json, write_text
+from gemkr_lab.metrics.relevance import MATCH_NAMES
 from gemkr_lab.numerics import numerics_key, numerics_note
 from gemkr_lab.report.output import check_out, report_directory
 from gemkr_lab.report.stats import (
@@ -66,6 +67,7 @@ def collect(sweep: GridSweep) -> pd.DataFrame:
             if row["status"] == "complete" and (out / "metrics.json").is_file():
                 metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
                 row |= {m: 100 * metrics["means"][m] for m in METRICS if m in metrics["means"]}
+                row |= _other_match(metrics)
                 row["per_query"] = metrics["per_query"]
                 row["train_s"] = manifest.get("train_seconds")
                 row["gpu_hours"] = (manifest.get("train_seconds") or 0) * len(manifest["hardware"]["gpus"]) / 3600
@@ -74,6 +76,24 @@ def collect(sweep: GridSweep) -> pd.DataFrame:
                 row["clue_target_mean"] = _target_mean(manifest)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+OTHER_MATCH_METRICS = ("P@5", "R@5")
+"""The metrics shown again under the other answer match (answer-based relevance only)."""
+
+
+def _other_match(metrics: dict) -> dict[str, float]:
+    """`{"R@5 lowercase": …}` (or `case-sensitive`): the run's metrics judged with the match it is not headlined by."""
+    by_match, headline = metrics.get("means_by_match"), metrics.get("match")
+    if not by_match or headline not in by_match:
+        return {}
+    other = next(m for m in by_match if m != headline)
+    return {f"{m} {MATCH_NAMES[other]}": 100 * by_match[other][m] for m in OTHER_MATCH_METRICS if m in by_match[other]}
+
+
+def other_match_columns(frame: pd.DataFrame) -> list[str]:
+    """The other-match metric columns the runs carry (none for gold relevance)."""
+    return [f"{m} {name}" for m in OTHER_MATCH_METRICS for name in MATCH_NAMES.values() if f"{m} {name}" in frame]
 
 
 def _target_mean(manifest: dict) -> float | None:
@@ -242,6 +262,10 @@ def statistics(sweep: GridSweep, frame: pd.DataFrame, significance_metric: str =
             )
             if p_seed is not None:
                 row[cols["seed"]] = p_seed
+        for c in other_match_columns(runs):
+            values = runs[c].dropna().to_numpy(dtype=float)
+            if values.size:
+                row |= {f"{c} mean": float(values.mean()), f"{c} sample std": sample_std(values)}
         if len(runs) and "clue_target_mean" in runs and runs.clue_target_mean.notna().any():
             row[TARGET_LENGTH] = float(runs.clue_target_mean.dropna().mean())
         if len(runs):
@@ -265,6 +289,7 @@ def statistics(sweep: GridSweep, frame: pd.DataFrame, significance_metric: str =
             + [f"paper {m}{k}" for k in ("", " status", " kind", " source", " of")]
             if c in table
         ]
+    order += [f"{c} {k}" for c in other_match_columns(frame) for k in ("mean", "sample std") if f"{c} mean" in table]
     order += [c for c in cols.values() if c in table] + [c for c in COSTS if c in table]
     table = table[order]
     table.attrs["hardware notes"] = _mixed_numerics(frame)  # shown under the table, not a column of table.csv
@@ -356,6 +381,12 @@ def _shown(sweep: GridSweep, numbers: pd.DataFrame, significance_metric: str = "
                     strict=True,
                 )
             ]
+    other = [f"{m} {n}" for m in OTHER_MATCH_METRICS for n in MATCH_NAMES.values() if f"{m} {n} mean" in numbers]
+    for c in other:
+        shown[c] = [
+            "" if pd.isna(mu) else f"{mu:.1f} ± {'n/a' if pd.isna(s) else f'{s:.1f}'}"
+            for mu, s in zip(numbers[f"{c} mean"], numbers[f"{c} sample std"], strict=True)
+        ]
     cols = p_columns(significance_metric, sweep.reference or sweep.cells[0])
     for key, name in cols.items():
         if key == "query se" or name not in numbers:
@@ -369,6 +400,12 @@ def _shown(sweep: GridSweep, numbers: pd.DataFrame, significance_metric: str = "
         if name in numbers:
             shown[name] = [_num(x, spec) for x in numbers[name]]
     shown.attrs["notes"] = notes(sweep, significance_metric, tuple(m for m in METRICS if m in shown) or METRICS)
+    if any(c in shown for c in other):
+        shown.attrs["notes"].append(
+            "P@5 / R@5 lowercase (or case-sensitive): the same runs judged with the other answer match: relevance "
+            "is answer-based, the headline columns use the dataset's own match (GeMKR's case-sensitive substring "
+            "test on OKVQA-GS112K), the other is a variant reported in the field (mean ± sample std over seeds)."
+        )
     if TARGET_LENGTH in numbers:
         shown.attrs["notes"].append(
             f"{TARGET_LENGTH}: the realized mean length of the clue targets each row trained on (its prepared "

@@ -24,8 +24,7 @@ import yaml
 
 from gemkr_lab.config.checks import test_time_defaults
 from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, apply_overrides, build, to_dict
-from gemkr_lab.io import lock
-from gemkr_lab.kb.storage import write_json, write_text
+from gemkr_lab.io import lock, write_json, write_text  # not kb.storage: numpy must not load before a refusal
 from gemkr_lab.numerics import hardware
 
 if TYPE_CHECKING:  # Lightning loads only where a run trains
@@ -358,6 +357,7 @@ def _decode_and_score(config: ExperimentConfig, model, datamodule, index, tokeni
     """Decode the config's split with `config.decoding`, write records, run and metrics into `out`."""
     from gemkr_lab.decoding import write_records, write_records_run
     from gemkr_lab.metrics import evaluate
+    from gemkr_lab.metrics.relevance import means_by_match
     from gemkr_lab.model.infer import decode_batches
     from gemkr_lab.model.train import run_device
 
@@ -369,8 +369,12 @@ def _decode_and_score(config: ExperimentConfig, model, datamodule, index, tokeni
     write_records(out / "records.jsonl", records)
     write_records_run(out / "run.txt", records, tag=config.name)
     ranked = {r.qid: r.ranked_ids for r in records}
-    evaluation = evaluate(ranked, relevance_for(config, ranked), ks=(1, 5, 10))
+    relevance = relevance_for(config, ranked)
+    evaluation = evaluate(ranked, relevance, ks=(1, 5, 10))
     payload = {"split": config.split, "means": evaluation.means, "per_query": evaluation.per_query}
+    by_match = means_by_match(ranked, relevance, ks=(1, 5, 10))
+    if by_match is not None:  # answer-based relevance: the headline match and the other one beside it
+        payload |= {"match": relevance.match, "means_by_match": by_match}
     write_json(out / "metrics.json", payload)
     return evaluation, records, ms
 

@@ -3,6 +3,7 @@
 Fixtures are written here in the two files' exact schemas (benchmarks.md §2.2), no copied data.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -194,3 +195,28 @@ def test_cli_prepare_takes_both_settings(tmp_path, tokenizer_dir, capsys):
     assert "from VRR's retriever_test.json (gs112k_test_queries=vrr)" in capsys.readouterr().out
     settings = read_stamp(out)["settings"]
     assert settings["gs112k_test_queries"] == "vrr" and settings["carriage_returns_to_spaces"] is True
+
+
+def test_answer_relevance_is_scored_case_sensitive_and_lowercase(tmp_path, tokenizer_dir):
+    """#23: an answer-based run's metrics carry both matches, its own (GS112K: case-sensitive) the headline."""
+    from gemkr_lab.config.experiment import ExperimentConfig
+    from gemkr_lab.metrics import evaluate
+    from gemkr_lab.metrics.relevance import means_by_match
+    from gemkr_lab.run.cell import relevance_for
+
+    root, out = _root(tmp_path), tmp_path / "prepared"
+    (root / "okvqa_train_corpus.csv").write_text(CORPUS.replace("named rex", "named Rex"), encoding="utf-8")
+    _prepare(root, out, tokenizer_dir)
+    config = ExperimentConfig(data=DataConfig(dataset="okvqa-gs112k", detector="none"))
+    config = dataclasses.replace(config, data_root=str(root), prepared=str(out))
+    ranked = {"0": ["2", "1"], "1": ["0", "1"], "2": ["1"], "3": ["2"]}  # q0: "rex", in passage 2 as "Rex"
+    relevance = relevance_for(config, ranked)
+    assert relevance.match == "exact"
+    by_match = means_by_match(ranked, relevance, ks=(1, 5))
+    assert by_match["exact"] == evaluate(ranked, relevance, ks=(1, 5)).means  # the headline is unchanged
+    assert by_match["exact"]["R@1"] == pytest.approx(2 / 4)  # q1 bamboo, q2 "" (matches every passage)
+    assert by_match["lower"]["R@1"] == pytest.approx(3 / 4)  # and q0's "rex" in "Rex"
+    gold = {"0": {"2": 1}}
+    from gemkr_lab.metrics import QrelsRelevance
+
+    assert means_by_match(ranked, QrelsRelevance(gold), ks=(1,)) is None  # gold relevance has no match

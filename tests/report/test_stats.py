@@ -269,3 +269,29 @@ def test_clue_length_rows_show_the_realized_target_length(tmp_path):
     assert any(n.startswith(table.TARGET_LENGTH) for n in shown.attrs["notes"])
     frame["clue_target_mean"] = [4.83 if s == "complete" else None for s in frame.status]  # one length: no column
     assert table.TARGET_LENGTH not in table.summarize(_sweep(), frame)
+
+
+def test_answer_based_rows_show_the_other_match_beside_the_headline():
+    """#23: lowercase relevance is shown beside the case-sensitive headline (from metrics.json's means_by_match)."""
+    metrics = {
+        "match": "exact",
+        "means_by_match": {"exact": {"P@5": 0.1, "R@5": 0.4}, "lower": {"P@5": 0.12, "R@5": 0.5}},
+    }
+    assert table._other_match(metrics) == pytest.approx({"P@5 lowercase": 12.0, "R@5 lowercase": 50.0})
+    assert table._other_match({**metrics, "match": "lower"}) == pytest.approx(
+        {"P@5 case-sensitive": 10.0, "R@5 case-sensitive": 40.0}
+    )
+    assert table._other_match({"means": {}}) == {}  # gold relevance: nothing beside
+    frame = _frame()
+    frame["R@5 lowercase"] = [
+        r + 2.0 if s == "complete" else None for r, s in zip(frame["R@5"], frame.status, strict=True)
+    ]
+    numbers = table.statistics(_sweep(), frame).set_index("cell")
+    lower = frame[(frame.cell == "b") & (frame.status == "complete")]["R@5 lowercase"].to_numpy()
+    assert numbers.loc["b", "R@5 lowercase mean"] == pytest.approx(lower.mean())
+    assert numbers.loc["b", "R@5 lowercase sample std"] == pytest.approx(lower.std(ddof=1))
+    shown = table.summarize(_sweep(), frame).set_index("cell")
+    assert shown.loc["b", "R@5 lowercase"] == f"{lower.mean():.1f} ± {lower.std(ddof=1):.1f}"
+    assert shown.loc["d", "R@5 lowercase"] == ""
+    assert any(n.startswith("P@5 / R@5 lowercase") for n in shown.attrs["notes"])
+    assert "R@5 lowercase" not in table.summarize(_sweep(), _frame())  # gold relevance: no column, no note

@@ -220,6 +220,10 @@ def test_official_recipe(preset, worlds, tmp_path, monkeypatch):
     train = cfg.train
     assert (train.gradient_clip_val, train.warmup_unit, train.drop_last) == (None, "micro_batches", True)
     assert cfg.data.augment_train_images and train.accumulate_grad_batches == 2
+    if preset.startswith("paper/"):  # the official loop's epochs: 2400 micro-batches, 5 of them in max_steps
+        written = load_experiment(preset).train
+        assert written.iterations_per_epoch == 2400
+        assert written.max_steps * written.accumulate_grad_batches == 5 * written.iterations_per_epoch
     monkeypatch.setattr(L, "Trainer", _FakeTrainer)
     tok = load_tokenizer(Path(cfg.data_root) / "tokenizer")
     module = fit(
@@ -253,7 +257,8 @@ def test_official_recipe(preset, worlds, tmp_path, monkeypatch):
     image = data._images.load(row["image_id"])
     assert data.item(data.test_rows[0], "test")["image"].shape == data.train_transform(image).shape
     loader = data.train_dataloader()
-    assert loader.drop_last and len(loader) == len(data.train_rows) // train.batch_size
+    per_epoch = train.iterations_per_epoch or len(data.train_rows) // train.batch_size  # paper: the official 2400
+    assert loader.drop_last and len(loader) == per_epoch
 
 
 def test_the_official_recipe_keeps_the_fp16_tower_and_the_bug_fixes():
