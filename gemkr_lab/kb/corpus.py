@@ -81,11 +81,15 @@ def read_corpus(path: str | Path, *, carriage_returns_to_spaces: bool = False) -
 
 
 def _lines(path: Path) -> Iterator[str]:
-    """Decoded lines, read as bytes so that invalid UTF-8 is reported with its line number."""
+    """Decoded lines, read as bytes so that invalid UTF-8 is reported with its line number.
+
+    A UTF-8 byte-order mark (Excel and Windows editors write one) is dropped, as `utf-8-sig` does: kept, it
+    would be part of the first column's name (`\ufeffkid`), and the header would lack its id column.
+    """
     with open(path, "rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
             try:
-                yield raw.decode("utf-8")
+                yield raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 raise CorpusError(
                     path, f"invalid UTF-8 ({exc.reason}); re-encode the file as UTF-8", line=line_no

@@ -20,6 +20,20 @@ def test_csv_with_either_id_header(tmp_path, id_col):
     assert list(read_corpus(f)) == [Passage("0", "first passage with a newline"), Passage("1", "second")]
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("c.csv", "kid,text\n0,first\n1,second\n", [Passage("0", "first"), Passage("1", "second")]),
+        ("c.tsv", "id\ttext\ttitle\n1\tfirst\tT\n", [Passage("1", "first", "T")]),
+        ("c.jsonl", '{"id": 1, "text": "first"}\n', [Passage("1", "first")]),
+    ],
+)
+def test_a_utf8_byte_order_mark_is_read_as_utf8_sig(tmp_path, name, content, expected):
+    # Excel's "CSV UTF-8" starts with a BOM; it was read into the first column's name ("\ufeffkid") and refused
+    f = _write(tmp_path / name, b"\xef\xbb\xbf" + content.encode(), mode="wb")
+    assert list(read_corpus(f)) == expected
+
+
 def test_dpr_tsv_with_and_without_header(tmp_path):
     rows = '1\t"Aaron is a prophet"\tAaron\n2\tsecond passage\tTitle Two\n'
     for name, text in [("h.tsv", "id\ttext\ttitle\n" + rows), ("n.tsv", rows)]:
