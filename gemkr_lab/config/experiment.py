@@ -6,6 +6,7 @@ are errors that name the file (or override) and suggest the closest valid key.
 
 import dataclasses
 import difflib
+import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_type_hints
@@ -19,6 +20,9 @@ from gemkr_lab.config.model import ModelConfig
 from gemkr_lab.config.train import TrainConfig
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+OVERRIDES_ENV = "GEMKR_LAB_OVERRIDES"
+"""Overrides (`key=value`, space-separated) applied after every experiment's own, in this process and the runs it
+starts: quick checks (the README test: `train.max_steps=2 tracking.wandb=false`) shrink whole sweeps with them."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ def load_experiment(name_or_path: str, overrides: list[str] | tuple[str, ...] = 
     what is expected and the preset file or override it came from.
     """
     diff, sources = _preset(name_or_path, seen=())
-    apply_overrides(diff, sources, overrides)
+    apply_overrides(diff, sources, [*overrides, *os.environ.get(OVERRIDES_ENV, "").split()])
     name = Path(name_or_path).stem if name_or_path.endswith(".yaml") else name_or_path
     diff.setdefault("name", name)
     return build(ExperimentConfig, diff, where=name_or_path, sources=sources)

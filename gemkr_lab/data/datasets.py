@@ -88,6 +88,11 @@ class Dataset:
         missing = [f for f in needed if not (self.root / f).exists()]
         if missing:
             tests = f"{gemkr} (GeMKR's) or {self.layout.test}" if gemkr else self.layout.test
+            if name == "synthetic":  # the world is made, not downloaded: say how
+                raise DataError(
+                    f"{self.root}: missing {', '.join(missing)} for the synthetic world; "
+                    f"make it with: gemkr-lab make-world --out {self.root}"
+                )
             raise DataError(
                 f"{self.root}: missing {', '.join(missing)} for dataset {name!r} "
                 f"(expected layout: corpus {self.layout.corpus}, queries {self.layout.train} / {tests})"

@@ -75,9 +75,17 @@ class Creature:
 
 
 def make_world(out: str | Path, seed: int = 0, size: Literal["small", "medium"] = "small", overwrite: bool = False):
-    """Write the world to `out` (atomically); return the list of creatures shown in images."""
+    """Write the world to `out` (atomically); return the list of creatures shown in images.
+
+    Without `overwrite`, a folder that already holds this world (its `world.json` names the same seed and size:
+    the folder is written whole, so it is complete) is kept as it is, so `make-world` may be run again; any
+    other existing folder is refused.
+    """
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    existing = _existing_world(Path(out), seed, size)
+    if existing is not None and not overwrite:
+        return existing
     spec = SIZES[size]
     rng = random.Random(seed)
     looks = [(z, s, c, p) for z in ("small", "large") for s in SHAPES for c in COLOURS for p in PATTERNS]
@@ -128,6 +136,20 @@ def make_world(out: str | Path, seed: int = 0, size: Literal["small", "medium"] 
             },
         )
     return shown
+
+
+def _existing_world(out: Path, seed: int, size: str) -> list[Creature] | None:
+    """The creatures of the world already in `out` when it was made with `seed` and `size`, else None."""
+    try:
+        meta = json.loads((out / "world.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("seed") != seed or meta.get("size") != size:
+        return None
+    try:
+        return [Creature(**c) for c in meta["creatures"]]
+    except (KeyError, TypeError):
+        return None
 
 
 def _names(rng: random.Random, n: int) -> list[str]:
