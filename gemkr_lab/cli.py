@@ -213,7 +213,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from gemkr_lab.config.experiment import ConfigError
     from gemkr_lab.sweep.grid import load_sweep, run_sweep
-    from gemkr_lab.sweep.search import FinalRunError, finalize_search, is_search, load_search_file, run_search
+    from gemkr_lab.sweep.search_file import is_search, load_search_file  # light: Optuna loads for the work
 
     slurm_given = {
         "partition": args.partition,
@@ -234,12 +234,15 @@ def _sweep(args: argparse.Namespace) -> int:
     }
     if Path(args.sweep).is_file() and is_search(args.sweep):
         search = load_search_file(args.sweep)
+        _check_storage(args.storage)
         if (args.launcher or search.launcher) == "slurm" and not args.finalize:
             return _search_slurm(args, search, slurm_given)
         if slurm_only:
             raise ConfigError(
                 f"{', '.join(slurm_only)}: Slurm options; add --launcher slurm (or launcher: in the file)"
             )
+        from gemkr_lab.sweep.search import FinalRunError, finalize_search, run_search
+
         try:
             if args.finalize:
                 common.pop("new_study")
@@ -256,6 +259,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.finalize:
         raise ConfigError("--finalize ends a search sweep; this is a grid (its cells are scored on test already)")
     sweep = load_sweep(args.sweep)
+    _check_storage(args.storage)
     if (args.launcher or sweep.launcher) == "slurm":
         return _sweep_slurm(args, sweep, slurm_given)
     if slurm_only:
@@ -270,6 +274,13 @@ def _sweep(args: argparse.Namespace) -> int:
     if result["failed_for_good"]:
         print(f"-> {Path(sweep.root) / 'failed.json'}; run again with --retry-failed (or more --retries)")
     return 1 if result["failed"] or result["failed_for_good"] or result["grid_complete"] < result["grid_total"] else 0
+
+
+def _check_storage(url: str | None) -> None:
+    from gemkr_lab.sweep.storage_url import check_storage_url
+
+    if url:
+        check_storage_url(url)  # a typo is refused before Optuna and SQLAlchemy load (a second)
 
 
 def _print_search(search, result: dict) -> None:
@@ -319,7 +330,7 @@ def _search_slurm(args: argparse.Namespace, search, given: dict) -> int:
 
 def _slurm_args(texts: list[str]) -> list[tuple[str, object]]:
     from gemkr_lab.config.experiment import ConfigError
-    from gemkr_lab.sweep.slurm import parse_slurm_arg
+    from gemkr_lab.sweep.launcher import parse_slurm_arg
 
     try:
         return [parse_slurm_arg(t) for t in texts]
@@ -354,11 +365,10 @@ def _sweep_slurm(args: argparse.Namespace, sweep, given: dict) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from gemkr_lab.sweep.search import is_search
+    from gemkr_lab.sweep.search_file import is_search, load_search_file
 
     if Path(args.sweep).is_file() and is_search(args.sweep):
         from gemkr_lab.report.search import write_search_report
-        from gemkr_lab.sweep.search import load_search_file
 
         search = load_search_file(args.sweep)
         table = write_search_report(search, args.out, storage=args.storage, overwrite=args.overwrite)
@@ -456,9 +466,16 @@ CRS_HELP = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a refusal in one line like every other error (the usage block is in `--help`)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(USER_ERROR, f"gemkr-lab: error: {' '.join(message.split())}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every verb."""
-    parser = argparse.ArgumentParser(prog="gemkr-lab", description=__doc__)
+    parser = _Parser(prog="gemkr-lab", description=__doc__)
     parser.add_argument(
         "--debug", action="store_true", help="show the full traceback of an error (also accepted after the verb)"
     )
@@ -706,6 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 USER_ERROR = 2
+"""Exit status of bad input; a sweep does not retry a run that exits with it (`gemkr_lab.sweep.grid`)."""
+TRANSIENT_ERROR = 75
+"""Exit status of a `run-cell` (a sweep's run) that an OS error stopped: retried (EX_TEMPFAIL of sysexits.h)."""
 TERMINATED = 128 + 15
 """Exit status of a verb stopped by SIGTERM (as a shell reports a process killed by it)."""
 _STOPPABLE = frozenset({"index", "prepare", "make-world", "baseline", "score", "report"})
@@ -766,6 +786,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"gemkr-lab: error: {_user_message(exc)}", file=sys.stderr)
+        if args.verb == "run-cell" and isinstance(exc, OSError):
+            return TRANSIENT_ERROR  # a sweep's run: an OS error (I/O, a lock, a full disk) may pass on a retry
         return USER_ERROR
     except KeyboardInterrupt:
         if debug:

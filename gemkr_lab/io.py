@@ -166,6 +166,43 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
             fh.write(json.dumps(row) + "\n")
 
 
+class DamagedFileError(ValueError):
+    """A file that must hold JSON does not (cut short, edited, another format): named with its line and the fix."""
+
+
+def read_json(path: str | Path, fix: str = "write it again") -> Any:
+    """The JSON value of a file; a damaged one is a `DamagedFileError` naming the file, line and `fix`.
+
+    json's own message ("Unterminated string starting at: line 1 column 20") says nothing of which file.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DamagedFileError(f"{path}: not UTF-8 text (byte {exc.start}), so not JSON; {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise DamagedFileError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); {fix}") from None
+
+
+def read_jsonl(path: str | Path, fix: str = "write it again") -> list[Any]:
+    """The values of a JSON-lines file (blank lines skipped); a damaged line is named with `fix`."""
+    path = Path(path)
+    rows = []
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                rows.append(json.loads(raw.decode("utf-8")))
+            except UnicodeDecodeError as exc:
+                raise DamagedFileError(f"{path}:{line_no}: not UTF-8 text (byte {exc.start}); {fix}") from None
+            except json.JSONDecodeError as exc:
+                raise DamagedFileError(
+                    f"{path}:{line_no}: not valid JSON ({exc.msg}, column {exc.colno}); {fix}"
+                ) from None
+    return rows
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this id exists on this host (one owned by another user counts as alive)."""
     if pid <= 0:

@@ -84,11 +84,30 @@ def read_yaml_file(path: str | Path, what: str = "sweep file") -> tuple[Any, Any
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such {what}")
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     try:
         return yaml.safe_load(text) or {}, yaml.compose(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raise yaml_error(path, exc) from exc
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+
+
+def yaml_error(path: Path, exc: yaml.YAMLError) -> ConfigError:
+    """One line naming the file, the line and PyYAML's problem (its own message spans several lines)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+    what = getattr(exc, "problem", None) or str(exc)
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        what += f" ({context}" + (f" from line {start.line + 1})" if start is not None and start != mark else ")")
+    return ConfigError(f"{where}: not valid YAML: {' '.join(what.split())}; fix the YAML there")
 
 
 def load_experiment(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
@@ -195,12 +214,12 @@ def _preset(name_or_path: str, seen: tuple[str, ...]) -> tuple[dict[str, Any], d
         raise ConfigError(f"{path}: no such experiment preset" + (f"; did you mean {hint[0]!r}?" if hint else ""))
     if str(path) in seen:
         raise ConfigError(f"{path}: presets build on each other in a cycle ({' -> '.join(seen)})")
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     try:
         diff = load_yaml(text) or {}
         lines = _key_lines(yaml.compose(text, Loader=ConfigLoader))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raise yaml_error(path, exc) from exc
     if not isinstance(diff, dict):
         raise ConfigError(f"{path}: a preset is a mapping of fields to change")
     shown = _shown(path)

@@ -34,7 +34,7 @@ from gemkr_lab.data.regions import (
     save_regions,
 )
 from gemkr_lab.data.validation import Split, hold_out
-from gemkr_lab.io import clean_stale, write_json, write_jsonl
+from gemkr_lab.io import clean_stale, read_json, write_json, write_jsonl
 from gemkr_lab.kb import open_index
 from gemkr_lab.kb.from_corpus import build_index_from_corpus
 from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint
@@ -53,6 +53,8 @@ def file_fingerprint(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+DAMAGED = "the prepared folder is damaged; prepare it again with `gemkr-lab prepare ... --force`"
+"""The fix named when a prepared file is not the JSON `prepare` wrote (deterministic: a sweep does not retry it)."""
 STAMP = "prepare.json"
 
 
@@ -64,7 +66,7 @@ def prepare_settings(config: DataConfig) -> dict[str, Any]:
 def read_stamp(prepared: str | Path) -> dict[str, Any] | None:
     """The folder's `prepare.json` stamp, or None when `prepare` has not finished there."""
     path = Path(prepared) / STAMP
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return read_json(path, fix=DAMAGED) if path.is_file() else None
 
 
 def stamp_differences(stamp: dict[str, Any], config: DataConfig) -> list[tuple[str, Any, Any]]:
@@ -201,7 +203,7 @@ class Preparer:
         fingerprint = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
         self.fingerprints[name] = fingerprint
         if not self.force and stamp.is_file():
-            done = json.loads(stamp.read_text(encoding="utf-8"))
+            done = read_json(stamp, fix=DAMAGED)
             if done.get("fingerprint") == fingerprint and self._outputs_exist(name):
                 self.summary.append({"step": name, "status": "skipped", "why": "inputs unchanged since " + done["at"]})
                 return
@@ -387,7 +389,7 @@ def clue_targets_summary(prepared: str | Path) -> dict[str, Any] | None:
     path = Path(prepared) / "clue_stats.json"
     if not path.is_file():
         return None
-    stats = json.loads(path.read_text(encoding="utf-8"))
+    stats = read_json(path, fix=DAMAGED)
     keys = (
         "length_policy",
         "target_tokens",

@@ -8,21 +8,29 @@ ambiguous, which the `unique` clue policy would then discard.
 """
 
 import hashlib
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gemkr_lab.kb.build import Backend, build_index
 from gemkr_lab.kb.corpus import Passage, read_corpus
-from gemkr_lab.kb.index import KBIndex
-from gemkr_lab.kb.storage import file_crc32
+from gemkr_lab.kb.errors import CorpusError
 from gemkr_lab.kb.tokenize import load_tokenizer, tokenize_texts, tokenizer_fingerprint
+
+if TYPE_CHECKING:  # the index machinery (numpy, numba) loads once the corpus's head has been read
+    from gemkr_lab.kb.build import Backend
+    from gemkr_lab.kb.index import KBIndex
+
+HEAD_CHECKED = 10_000
+"""Passages read before the tokenizer (and the ML stack under it) loads: a missing file, a bad header or row, or a
+repeated id near the top is refused in a second, not after the tokenizer has loaded."""
 
 
 class _Dedup:
     """Streams passages once, dropping repeated texts and remembering ids and aliases on the way."""
 
-    def __init__(self, passages: Iterator[Passage], dedup: bool, prepend_title: bool) -> None:
+    def __init__(self, path: Path, passages: Iterator[Passage], dedup: bool, prepend_title: bool) -> None:
+        self.path = path
         self.passages = passages
         self.dedup = dedup
         self.prepend_title = prepend_title
@@ -37,7 +45,7 @@ class _Dedup:
         for p in self.passages:
             self.read += 1
             if p.id in self.seen_ids:
-                raise ValueError(f"passage id {p.id!r} occurs twice in the corpus (passage {self.read})")
+                raise CorpusError(self.path, f"passage id {p.id!r} occurs again at passage {self.read}; {_UNIQUE}")
             self.seen_ids.add(p.id)
             text = f"{p.title}. {p.text}" if self.prepend_title and p.title else p.text
             self.hasher.update(f"{p.id}\t{text}\n".encode())
@@ -51,12 +59,25 @@ class _Dedup:
             yield text
 
 
+_UNIQUE = "each passage needs an id of its own (the index maps clues back to documents by id)"
+
+
+def check_corpus_head(corpus: str | Path, carriage_returns_to_spaces: bool = False) -> None:
+    """Read the first `HEAD_CHECKED` passages as the build will (file, format, header, rows, unique ids)."""
+    first: dict[str, int] = {}
+    head = itertools.islice(read_corpus(corpus, carriage_returns_to_spaces=carriage_returns_to_spaces), HEAD_CHECKED)
+    for n, p in enumerate(head, start=1):
+        if p.id in first:
+            raise CorpusError(corpus, f"passage id {p.id!r} occurs at passages {first[p.id]} and {n}; {_UNIQUE}")
+        first[p.id] = n
+
+
 def build_index_from_corpus(
     corpus: str | Path,
     tokenizer: str | Path,
     out_dir: str | Path,
     *,
-    backend: Backend = "fm",
+    backend: "Backend" = "fm",
     shards: int | str = 1,
     dedup: bool = True,
     prepend_title: bool = False,
@@ -64,7 +85,7 @@ def build_index_from_corpus(
     batch_size: int = 1024,
     overwrite: bool = False,
     progress: bool | None = None,
-) -> KBIndex:
+) -> "KBIndex":
     r"""Tokenise a corpus file in batches and index it; see the module docstring for duplicates.
 
     Args:
@@ -84,8 +105,12 @@ def build_index_from_corpus(
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
+    check_corpus_head(corpus, carriage_returns_to_spaces)
+    from gemkr_lab.kb.build import build_index
+
     tok = load_tokenizer(tokenizer)
-    stream = _Dedup(read_corpus(corpus, carriage_returns_to_spaces=carriage_returns_to_spaces), dedup, prepend_title)
+    passages = read_corpus(corpus, carriage_returns_to_spaces=carriage_returns_to_spaces)
+    stream = _Dedup(Path(corpus), passages, dedup, prepend_title)
     extra: dict[str, Any] = {
         "corpus_path": str(Path(corpus).resolve()),
         "tokenizer_path": str(Path(tokenizer).resolve()),
@@ -137,4 +162,6 @@ def _finish(meta: dict[str, Any], staging: Path, stream: _Dedup) -> None:
             for alias, kept in stream.aliases:
                 fh.write(f"{alias}\t{kept}\n")
         # listed like the arrays: opening the index checks its size (and checksum)
+        from gemkr_lab.kb.storage import file_crc32
+
         meta["aliases"] = {"file": path.name, "bytes": path.stat().st_size, "crc32": file_crc32(path)}

@@ -8,11 +8,10 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from gemkr_lab.kb.build import DocBatch
+if TYPE_CHECKING:  # numpy and the index build (numba) load where texts are encoded, not to load a tokenizer
+    from gemkr_lab.kb.build import DocBatch
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3: BOS 1 and EOS 2 as in LLaMA
 
@@ -44,7 +43,7 @@ def tokenizer_fingerprint(tok: Any) -> str:
     return "sha256:" + h.hexdigest()[:32]
 
 
-def tokenize_texts(texts: Iterable[str], tok: Any, batch_size: int = 1024) -> Iterator[DocBatch]:
+def tokenize_texts(texts: Iterable[str], tok: Any, batch_size: int = 1024) -> "Iterator[DocBatch]":
     """Token ids of each text, without special tokens, as `DocBatch`es of `batch_size` texts."""
     batch: list[str] = []
     for text in texts:
@@ -56,7 +55,11 @@ def tokenize_texts(texts: Iterable[str], tok: Any, batch_size: int = 1024) -> It
         yield _encode(batch, tok)
 
 
-def _encode(texts: list[str], tok: Any) -> DocBatch:
+def _encode(texts: list[str], tok: Any) -> "DocBatch":
+    import numpy as np
+
+    from gemkr_lab.kb.build import DocBatch
+
     ids = tok(texts, add_special_tokens=False)["input_ids"]
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter((t for x in ids for t in x), dtype=np.int64, count=int(lengths.sum()))

@@ -6,7 +6,6 @@ split gets none, reproducing the official bug. Training images get the official 
 `DataConfig.augment_train_images`; the train loader drops the last incomplete batch with `drop_last`.
 """
 
-import json
 import warnings
 import zlib
 from pathlib import Path
@@ -20,8 +19,11 @@ from torchvision.transforms import v2 as T
 
 from gemkr_lab.config.data import DataConfig
 from gemkr_lab.data.datasets import Dataset as Benchmark
+from gemkr_lab.data.prepare import DAMAGED
 from gemkr_lab.data.prompt import build_prompt
+from gemkr_lab.data.queries import DataError
 from gemkr_lab.data.regions import load_regions
+from gemkr_lab.io import read_jsonl
 from gemkr_lab.model.gemkr import Batch
 from gemkr_lab.model.vision import PrefixedViT
 
@@ -377,5 +379,5 @@ def collate(items: list[dict[str, Any]]) -> Batch:
 
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not prepared; run gemkr-lab prepare first")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        raise DataError(f"{path}: not prepared; run gemkr-lab prepare first")  # bad input: not retried
+    return read_jsonl(path, fix=DAMAGED)

@@ -42,15 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from optuna.trial import TrialState
-from tqdm.auto import tqdm
 
 from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, load_experiment, read_yaml_file
 from gemkr_lab.io import lock_holder, write_json
 from gemkr_lab.run.cell import RUN_LOCK, read_manifest, run_dir, seed_dir, with_seed
-from gemkr_lab.sweep import study as study_mod
 from gemkr_lab.sweep.launcher import launcher_section
-from gemkr_lab.sweep.variants import prepared_overrides
+from gemkr_lab.sweep.names import check_sweep_name
+
+# Optuna, tqdm and the data preparation (numba) load inside the functions that run a grid: reading and
+# checking a sweep file, and `exit_with_launcher`, stay light so that bad input is answered at once (#25).
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,7 @@ def load_sweep(path: str | Path) -> GridSweep:
                     "each would count as a separate run"
                 )
             seen[item] = lines[key][i]
+    check_sweep_name(raw["name"], f"{path}:{lines.get('name', [0])[0]}")
     launcher, slurm = "local", {}
     if "launcher" in raw:
         launcher, slurm = launcher_section(raw["launcher"], path, node)
@@ -149,6 +150,8 @@ def cell_run(sweep: GridSweep, cell: str, seed: int, prepare: bool = False) -> t
     The overrides are the sweep's, plus `prepared=...` when the cell needs its own prepared-data variant
     (prepared here first when `prepare`).
     """
+    from gemkr_lab.sweep.variants import prepared_overrides
+
     overrides = [*sweep.overrides, *prepared_overrides(load_experiment(cell, sweep.overrides), sweep.root, prepare)]
     return with_seed(load_experiment(cell, overrides), seed), overrides
 
@@ -186,6 +189,8 @@ def open_grid(sweep: GridSweep, storage: str | None, new_study: bool, retries: i
 
     Returns (store, plan, study, queue); plan: (cell, seed) -> (overrides, run directory).
     """
+    from gemkr_lab.sweep import study as study_mod
+
     root = Path(sweep.root)
     store = study_mod.open_storage(storage, root)  # an unreachable storage stops us before any work
     plan = {}  # each distinct data variant is prepared once, before any cell runs
@@ -254,6 +259,11 @@ def run_sweep(
         failed and are still not complete; failed_for_good: cell -> [{seed, attempts, error}] of pairs whose
         retries are exhausted (also written to `<root>/failed.json`); grid_complete / grid_total: pairs.
     """
+    from optuna.trial import TrialState
+
+    from gemkr_lab.progress import tqdm
+    from gemkr_lab.sweep import study as study_mod
+
     root = Path(sweep.root)
     store, plan, study, queue = open_grid(sweep, storage, new_study, retries, retry_failed)
     groups = _gpu_groups(workers, gpus_per_trial)
@@ -276,7 +286,9 @@ def run_sweep(
             overrides, out = plan[cell, seed]
             lost = threading.Event()
             with study_mod.Heartbeat(store, trial._trial_id, on_lost=lost.set) as beat:
-                status, value = _run_process(cell, seed, overrides, sweep.root, out, groups[slot], _Either(lost, stop))
+                status, value, bad_input = _run_process(
+                    cell, seed, overrides, sweep.root, out, groups[slot], _Either(lost, stop)
+                )
             if beat.lost.is_set():  # judged dead and re-queued by another command: its run was stopped
                 outcome.append((cell, seed, "stopped: another worker took over its trial"))
                 continue
@@ -286,7 +298,7 @@ def run_sweep(
                 outcome.append((cell, seed, "released: its worker was stopped"))
                 return
             with study_mod.queue_lock(root):  # a failure and its retry are one step for every other command
-                study_mod.finish(study, store, trial, status == "complete", value, status, retries)
+                study_mod.finish(study, store, trial, status == "complete", value, status, retries, bad_input)
             outcome.append((cell, seed, status))
             bar.update(1)
 
@@ -324,6 +336,8 @@ class _Queue:
 
     def reconcile(self, retry_failed: bool = False) -> int:
         """Re-queue dead workers' trials, tie fresh trials to their run, queue forgotten pairs; how many queued."""
+        from gemkr_lab.sweep import study as study_mod
+
         with study_mod.queue_lock(self.sweep.root):
             n = study_mod.requeue_stale(self.study, self.store, self.retries, busy=self.busy)
             _tag_fresh_trials(self.study, self.store, self.plan)
@@ -343,6 +357,10 @@ def _tag_fresh_trials(study, store, plan: dict) -> None:
     A (cell, seed) whose current config has no trial (a preset or its prepared data changed since the study was
     made) is queued by `queue_missing`, so that a changed config is run again, never answered with old metrics.
     """
+    from optuna.trial import TrialState
+
+    from gemkr_lab.sweep import study as study_mod
+
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         planned = plan.get((t.user_attrs.get("cell"), int(t.user_attrs.get("seed", -1))))
         if planned is not None and "run" not in t.user_attrs:
@@ -497,8 +515,8 @@ def _run_process(
     out: Path,
     gpus: str | None,
     stop: threading.Event | _Either,
-) -> tuple[str, float | None]:
-    """One grid run; returns its status and objective (R@5).
+) -> tuple[str, float | None, bool]:
+    """One grid run; returns its status, objective (R@5) and whether it failed on bad input (not retried).
 
     Never a second trainer: while another process holds the run's lock (a trainer of a killed sweep, a manual
     `train`), the worker waits for it (heartbeat going) and launches only then (the run is then complete or
@@ -508,12 +526,32 @@ def _run_process(
         while lock_holder(out / RUN_LOCK) is not None and not stop.is_set():
             time.sleep(POLL_SECONDS)
         if stop.is_set():
-            return "stopped: its claim was lost", None
+            return "stopped: its claim was lost", None, False
         code = launch(cell, overrides, seed, root, out, gpus, stop=stop)
         manifest = read_manifest(out) or {}
         if code == 0 and manifest.get("status") == "complete":
             means = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["means"]
-            return "complete", means.get("R@5")
+            return "complete", means.get("R@5"), False
         if code != 0 and not stop.is_set() and lock_holder(out / RUN_LOCK) is not None:
             continue  # another trainer took the lock first: wait for it, then launch again
-        return f"failed (exit {code}): {manifest.get('error', 'see log.txt')}", None
+        error = manifest.get("error") or _last_line(out / "log.txt") or "see log.txt"
+        if code == INPUT_ERROR_EXIT:
+            return f"failed on bad input, not retried (exit {code}): {error}", None, True
+        return f"failed (exit {code}): {error}", None, False
+
+
+INPUT_ERROR_EXIT = 2
+"""A run's exit status for bad input (`gemkr_lab.cli.USER_ERROR`: config, data, damaged or mismatched files),
+which fails the same way every time; other failures (a crash, a signal, out of memory, an OS error, exit 75) may
+pass on a retry."""
+
+
+def _last_line(log: Path) -> str | None:
+    """The last line of a run's log: its one-line error where it failed before its manifest was written."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, fh.seek(0, os.SEEK_END) - 4096))
+            lines = fh.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return None
+    return lines[-1].removeprefix("gemkr-lab: error: ") if lines else None

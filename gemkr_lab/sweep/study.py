@@ -437,6 +437,10 @@ def claim(study: optuna.Study, storage, attrs: dict | None = None):
     return None
 
 
+DETERMINISTIC = "deterministic"
+"""Trial attribute: its run failed on bad input (exit 2, `gemkr_lab.cli.USER_ERROR`), which no retry fixes."""
+
+
 def queue_missing(
     study: optuna.Study, runs: dict, done, retries: int, retry_failed: bool = False
 ) -> tuple[list[tuple[str, int]], dict]:
@@ -471,7 +475,7 @@ def queue_missing(
         attempt = 1
         if last is not None and last.state == TrialState.FAIL:
             attempt = int(last.user_attrs.get("attempt", 1)) + 1
-            if attempt > retries + 1:
+            if attempt > retries + 1 or last.user_attrs.get(DETERMINISTIC):
                 if not retry_failed:
                     exhausted[cell, seed] = last
                     continue
@@ -522,8 +526,21 @@ class Heartbeat:
         self._thread.join()
 
 
-def finish(study: optuna.Study, storage, trial, ok: bool, value: float | None, error: str | None, retries: int) -> bool:
+def finish(
+    study: optuna.Study,
+    storage,
+    trial,
+    ok: bool,
+    value: float | None,
+    error: str | None,
+    retries: int,
+    deterministic: bool = False,
+) -> bool:
     """Record a trial's outcome (through storage outages); a failure is queued again while retries remain.
+
+    A `deterministic` failure (bad input: config, data, a damaged or mismatched file) is never queued again:
+    the same input fails the same way, so a retry only spends the time to reach the error once more. It is
+    failed for good at once (listed with its error; `retry_failed` queues it again once the input is fixed).
 
     Returns False, recording nothing, when the trial was already finished by someone else (its claim was lost;
     whoever finished it queued it again).
@@ -534,10 +551,13 @@ def finish(study: optuna.Study, storage, trial, ok: bool, value: float | None, e
             retrying(storage.set_trial_state_values, trial._trial_id, TrialState.COMPLETE, [value])
             return True
         retrying(storage.set_trial_user_attr, trial._trial_id, "error", error or "failed")
+        if deterministic:  # before the state: a reader seeing FAIL sees the mark too
+            retrying(storage.set_trial_user_attr, trial._trial_id, DETERMINISTIC, True)
         retrying(storage.set_trial_state_values, trial._trial_id, TrialState.FAIL)
     except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
         return False
-    _retry(study, trial.user_attrs, retries)
+    if not deterministic:
+        _retry(study, trial.user_attrs, retries)
     return True
 
 

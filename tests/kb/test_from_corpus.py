@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gemkr_lab.cli import main
-from gemkr_lab.kb import IndexFormatError, open_index
+from gemkr_lab.kb import CorpusError, IndexFormatError, from_corpus, open_index
 from gemkr_lab.kb.from_corpus import build_index_from_corpus
 from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint, train_tokenizer
 
@@ -47,7 +47,16 @@ def test_no_dedup_keeps_every_passage(tmp_path, corpus, tokenizer_dir):
 def test_duplicate_ids_are_an_error(tmp_path, tokenizer_dir):
     path = tmp_path / "c.csv"
     path.write_text("id,text\n1,a\n1,b\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="'1' occurs twice"):
+    with pytest.raises(CorpusError, match=r"c\.csv: passage id '1' occurs at passages 1 and 2"):
+        build_index_from_corpus(path, tokenizer_dir, tmp_path / "kb", progress=False)
+    assert not (tmp_path / "kb").exists()
+
+
+def test_a_duplicate_id_past_the_checked_head_is_an_error_too(tmp_path, tokenizer_dir, monkeypatch):
+    monkeypatch.setattr(from_corpus, "HEAD_CHECKED", 2)
+    path = tmp_path / "c.csv"
+    path.write_text("id,text\n1,a\n2,b\n1,c\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match=r"c\.csv: passage id '1' occurs again at passage 3"):
         build_index_from_corpus(path, tokenizer_dir, tmp_path / "kb", progress=False)
     assert not (tmp_path / "kb").exists()
 
