@@ -11,6 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "gemkr_lab"
 ORDER = (
     "io",
+    "progress",  # a leaf beside io: progress bars on a terminal, lines in logs
     "config",
     "numerics",  # a leaf beside io: reads configs, imports torch only when asked
     "kb",

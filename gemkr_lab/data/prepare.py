@@ -18,8 +18,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from gemkr_lab.config.checks import prepare_time_fields
 from gemkr_lab.config.data import DataConfig
 from gemkr_lab.data.clue_targets import ClueFinder, ClueStats
@@ -39,6 +37,7 @@ from gemkr_lab.kb import open_index
 from gemkr_lab.kb.from_corpus import build_index_from_corpus
 from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint
 from gemkr_lab.metrics.relevance import texts_for
+from gemkr_lab.progress import tqdm
 
 
 def file_fingerprint(path: Path) -> str:

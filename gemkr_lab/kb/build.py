@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from gemkr_lab.io import atomic_directory, write_json
 from gemkr_lab.kb import _sa_kernels as sak
@@ -27,6 +26,7 @@ from gemkr_lab.kb.errors import IndexFormatError
 from gemkr_lab.kb.index import KBIndex
 from gemkr_lab.kb.storage import META_FILE, Verify, check_file, load_array, read_meta, save_array
 from gemkr_lab.kb.suffix_array import SORT_MAX_SYMBOLS
+from gemkr_lab.progress import tqdm
 
 FORMAT_NAME = "gemkr-kb-index"
 FORMAT_VERSION = 1

@@ -15,6 +15,7 @@ from gemkr_lab.model.checkpoints import LAST, AtomicCheckpointIO, CheckpointOnSt
 from gemkr_lab.model.datamodule import GeMKRDataModule
 from gemkr_lab.model.history import TrainingHistory
 from gemkr_lab.model.module import GeMKRModule
+from gemkr_lab.model.progress import TrainingProgress
 
 
 def fit(
@@ -82,7 +83,14 @@ def fit(
         default_root_dir=str(out),
         logger=logger,
         # the history first: a checkpoint written at a batch's end then holds that step's point
-        callbacks=[TrainingHistory(), checkpoint, CheckpointOnStop(ckpt_dir), *(callbacks or [])],
+        # progress lines (stdout off a terminal, log.txt) read the step's losses before the history takes them
+        callbacks=[
+            TrainingProgress(out / "log.txt"),
+            TrainingHistory(),
+            checkpoint,
+            CheckpointOnStop(ckpt_dir),
+            *(callbacks or []),
+        ],
         enable_progress_bar=sys.stderr.isatty(),  # quiet in logs and CI
         enable_model_summary=False,
         num_sanity_val_steps=0,
