@@ -95,19 +95,6 @@ MATCH_NAMES = {"exact": "case-sensitive", "lower": "lowercase"}
 """How each answer match is named in reports."""
 
 
-def means_by_match(run, relevance, ks) -> dict[str, dict[str, float]] | None:
-    """Mean metrics under both answer matches, case-sensitive and lowercase (None for gold relevance).
-
-    Both are reported variants for answer-based benchmarks (GeMKR's evaluation is case-sensitive, VRR's
-    lower-cases); a dataset's own match stays its headline number, the other is shown beside it.
-    """
-    from gemkr_lab.metrics.score import evaluate
-
-    if not isinstance(relevance, AnswerRelevance):
-        return None
-    return {m: evaluate(run, relevance.with_match(m), ks).means for m in MATCH_NAMES}
-
-
 def texts_for(corpus_path, wanted: Iterable[str], *, carriage_returns_to_spaces: bool = False) -> dict[str, str]:
     r"""Texts of the wanted passage ids, streaming the corpus once (never loaded whole).
 

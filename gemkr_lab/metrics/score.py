@@ -4,7 +4,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gemkr_lab.metrics.measures import metric_names, parse_metric
-from gemkr_lab.metrics.relevance import Relevance
+from gemkr_lab.metrics.relevance import MATCH_NAMES, AnswerRelevance, Relevance
 
 
 @dataclass
@@ -50,3 +50,14 @@ def evaluate(run: Mapping[str, Sequence[str]], relevance: Relevance, ks: Sequenc
         missing_from_run=[q for q in queries if q not in run],
         not_judged=[q for q in run if q not in judged],
     )
+
+
+def means_by_match(run, relevance, ks) -> dict[str, dict[str, float]] | None:
+    """Mean metrics under both answer matches, case-sensitive and lowercase (None for gold relevance).
+
+    Both are reported variants for answer-based benchmarks (GeMKR's evaluation is case-sensitive, VRR's
+    lower-cases); a dataset's own match stays its headline number, the other is shown beside it.
+    """
+    if not isinstance(relevance, AnswerRelevance):
+        return None
+    return {m: evaluate(run, relevance.with_match(m), ks).means for m in MATCH_NAMES}

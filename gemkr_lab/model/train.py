@@ -11,8 +11,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from gemkr_lab.config.data import DataConfig
 from gemkr_lab.config.model import ModelConfig
 from gemkr_lab.config.train import TrainConfig
+from gemkr_lab.model.build import build_model_and_data
 from gemkr_lab.model.checkpoints import LAST, AtomicCheckpointIO, CheckpointOnStop, resume_point
-from gemkr_lab.model.datamodule import GeMKRDataModule
 from gemkr_lab.model.history import TrainingHistory
 from gemkr_lab.model.module import GeMKRModule
 from gemkr_lab.model.progress import TrainingProgress
@@ -47,20 +47,14 @@ def fit(
     at step = optimizer steps done) goes to `logger` from `TrainingHistory`, restored with the checkpoint.
     """
     out = Path(out)
-    L.seed_everything(train_config.seed, workers=True, verbose=False)
-    module = GeMKRModule(model_config, train_config, len(tokenizer))
-    data = GeMKRDataModule(
+    module, data = build_model_and_data(
         prepared,
         data_root,
         tokenizer,
-        data_config,
-        module.model.vision,
-        train_config.batch_size,
-        seed=train_config.seed,
-        num_workers=train_config.num_workers,
+        model_config=model_config,
+        data_config=data_config,
+        train_config=train_config,
         limit_train=limit_train,
-        drop_last=train_config.drop_last,
-        iterations_per_epoch=train_config.iterations_per_epoch,
     )
     ckpt_dir = out / "checkpoints"
     checkpoint = ModelCheckpoint(

@@ -201,7 +201,7 @@ def test_answer_relevance_is_scored_case_sensitive_and_lowercase(tmp_path, token
     """#23: an answer-based run's metrics carry both matches, its own (GS112K: case-sensitive) the headline."""
     from gemkr_lab.config.experiment import ExperimentConfig
     from gemkr_lab.metrics import evaluate
-    from gemkr_lab.metrics.relevance import means_by_match
+    from gemkr_lab.metrics.score import means_by_match
     from gemkr_lab.run.cell import relevance_for
 
     root, out = _root(tmp_path), tmp_path / "prepared"

@@ -180,9 +180,9 @@ def test_a_test_time_switch_decodes_the_reference_training(tmp_path, tiny_overri
 
 
 def _fingerprint_of(config, stamp):
-    from gemkr_lab.run.cell import NOT_IDENTITY, _fingerprint
+    from gemkr_lab.run.identity import NOT_IDENTITY, config_fingerprint
 
-    return _fingerprint(config, stamp, NOT_IDENTITY)
+    return config_fingerprint(config, stamp, NOT_IDENTITY)
 
 
 @pytest.mark.slow

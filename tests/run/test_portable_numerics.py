@@ -15,7 +15,8 @@ import torch
 from gemkr_lab import numerics
 from gemkr_lab.config.experiment import EXPERIMENTS_DIR, load_experiment
 from gemkr_lab.numerics import MARK_ENV, PORTABLE_ENV, NumericsError
-from gemkr_lab.run.cell import _manifest, check_prepared, run_dir, with_seed
+from gemkr_lab.run.cell import check_prepared, run_dir, with_seed
+from gemkr_lab.run.provenance import new_manifest
 from gemkr_lab.sweep import grid
 
 PY = sys.executable
@@ -214,7 +215,7 @@ def test_a_sweep_launched_trainer_runs_portable_whatever_the_sweeps_environment(
 
 def test_the_manifest_records_cpu_numerics_threads_and_determinism(tiny_overrides):
     config = with_seed(load_experiment("tiny-cpu/full", tiny_overrides), 0)
-    hw = _manifest(config, 0, check_prepared(config), None)["hardware"]
+    hw = new_manifest(config, 0, check_prepared(config), None)["hardware"]
     assert hw.keys() >= HARDWARE_KEYS
     assert hw["machine"] and hw["cpus"] >= 1 and isinstance(hw["gpus"], list)
     assert hw["torch_cpu_capability"] == str(torch.backends.cpu.get_cpu_capability()).upper()

@@ -25,7 +25,8 @@ from optuna.trial import TrialState
 
 from gemkr_lab import io as gio
 from gemkr_lab.report.table import notes
-from gemkr_lab.run.cell import RUN_LOCK, _earlier_train_seconds, read_manifest
+from gemkr_lab.run.cell import RUN_LOCK, read_manifest
+from gemkr_lab.run.provenance import earlier_train_seconds
 from gemkr_lab.sweep import study as study_mod
 from gemkr_lab.sweep.grid import FAILED, current_run, load_sweep, pending, run_sweep
 
@@ -245,10 +246,10 @@ def test_a_killed_attempt_counts_until_its_last_write(tmp_path):
     os.utime(ckpt, (now - 2, now - 2))
     (tmp_path / "log.txt").write_text("the next attempt's launcher writes here")
     previous = {"status": "running", "attempt_started_at": now - 10, "train_seconds_attempts": [5.0]}
-    seconds = _earlier_train_seconds(previous, tmp_path)
+    seconds = earlier_train_seconds(previous, tmp_path)
     assert seconds[0] == 5.0 and seconds[1] == pytest.approx(8.0, abs=0.5)
-    assert _earlier_train_seconds({"status": "failed", "train_seconds_attempts": [5.0, 7.0]}, tmp_path) == [5.0, 7.0]
-    assert _earlier_train_seconds(None, tmp_path) == []
+    assert earlier_train_seconds({"status": "failed", "train_seconds_attempts": [5.0, 7.0]}, tmp_path) == [5.0, 7.0]
+    assert earlier_train_seconds(None, tmp_path) == []
 
 
 # --- claims, heartbeats, outcomes ---------------------------------------------------------------------------

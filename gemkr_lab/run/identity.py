@@ -1,0 +1,165 @@
+"""A run's identity and where it lives: fingerprints, run directories, manifests, the prepared data it needs.
+
+A run is its resolved config. Run directories are `<root>/<cell>/seed-<s>/<fingerprint>/`, where the
+fingerprint covers everything that changes the result: the resolved experiment config (not where files are,
+not tracking) and the prepared data's stamp (its prepare-time settings, tokenizer and input files). The same
+cell and seed with another config is another run, never the old metrics. Light: no torch, numpy or Lightning,
+so sweeps, reports and the CLI's refusals can use it.
+"""
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from gemkr_lab.config.checks import test_time_defaults
+from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, to_dict
+
+MANIFEST = "manifest.json"
+
+
+RUN_LOCK = "run.lock"
+"""Held (an OS lock, `gemkr_lab.io.lock`) by the one process training the run, for the whole of `run_cell`."""
+
+
+NOT_IDENTITY = ("name", "data_root", "prepared", "tokenizer", "tracking")
+"""Fields that say where things are or how they are shown, not what is computed: left out of a run's identity
+(the prepared data's content is in it through its stamp)."""
+
+
+def seed_dir(root: str | Path, cell: str, seed: int) -> Path:
+    """Where a cell's runs for one seed live (one subfolder per resolved config)."""
+    return Path(root) / cell.replace("/", "__") / f"seed-{seed}"
+
+
+def with_seed(config: ExperimentConfig, seed: int) -> ExperimentConfig:
+    """The config of one seed of a cell."""
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, seed=seed))
+
+
+def config_fingerprint(
+    config: ExperimentConfig, stamp: dict[str, Any], leave_out: tuple[str, ...], as_default: dict | None = None
+) -> str:
+    """A short hash of the config but `leave_out` (and `as_default` sub-fields at their defaults), with the stamp."""
+    identity = {k: v for k, v in to_dict(config).items() if k not in leave_out}
+    # dotted sub-fields at their defaults: a cell differing from another only in them shares its training
+    for key, default in (as_default or {}).items():
+        section, name = key.rsplit(".", 1)
+        identity[section] = dict(identity[section], **{name: default})
+    payload = json.dumps({"config": identity, "prepared": stamp["fingerprint"]}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def run_fingerprint(config: ExperimentConfig) -> str:
+    """What identifies a run's result: the resolved config and the prepared data's stamp (checked first)."""
+    return config_fingerprint(config, check_prepared(config), NOT_IDENTITY)
+
+
+NOT_TRAINING = (*NOT_IDENTITY, "decoding", "split")
+"""Fields that change what a trained model is asked, not the model: decoding and the split it decodes."""
+
+
+AT_TEST_TIME = test_time_defaults(ExperimentConfig)
+"""Sub-fields marked TEST_TIME (e.g. data.zero_region_features_at_test): counted at their defaults in training."""
+
+
+def training_fingerprint(config: ExperimentConfig, stamp: dict[str, Any]) -> str:
+    """What identifies a run's trained model: the resolved config but decoding, split and test-time fields.
+
+    Cells that differ only in decoding (beam size, search, constraint, clue-to-document policy, 8-bit, ...), in
+    the split they decode (a search trial on validation, the selected configuration on test) or in test-time
+    inputs (zeroed region features at test) share it, so one training serves them all (`_trained_elsewhere`).
+    """
+    return config_fingerprint(config, stamp, NOT_TRAINING, AT_TEST_TIME)
+
+
+def run_dir(root: str | Path, config: ExperimentConfig) -> Path:
+    """The run directory of this exact config (its seed is `config.train.seed`)."""
+    return seed_dir(root, config.name, config.train.seed) / run_fingerprint(config)
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """The run's manifest, or None if it has not started."""
+    path = directory / MANIFEST
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def check_prepared(config: ExperimentConfig, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """The stamp of the config's prepared data; refuses data that is missing or was prepared otherwise."""
+    from gemkr_lab.data.prepare import read_stamp, stamp_differences
+    from gemkr_lab.data.queries import DataError
+
+    fix = prepare_command(config, overrides)
+    stamp = read_stamp(config.prepared)
+    if stamp is None:
+        raise DataError(f"{config.prepared}: not prepared for {config.name}; run: {fix}")
+    diffs = stamp_differences(stamp, config.data)
+    if diffs:
+        listed = "; ".join(f"data.{k}: prepared {a!r}, {config.name} wants {b!r}" for k, a, b in diffs)
+        raise DataError(
+            f"{config.prepared}: prepared with other settings than {config.name} ({listed}); "
+            f"prepare matching data into another folder: {fix} --set prepared=NEW_FOLDER"
+        )
+    if config.split == "validation" and not (Path(config.prepared) / split_file("validation")).is_file():
+        raise DataError(
+            f"{config.prepared}: no validation split to decode (split=validation); hold one out of the training "
+            f"questions: set data.validation_size (e.g. 0.2) and prepare: {fix} --set data.validation_size=0.2 "
+            "--set prepared=NEW_FOLDER"
+        )
+    return stamp
+
+
+def split_file(split: str) -> str:
+    """The prepared queries file of an evaluation split."""
+    return f"queries_{split}.jsonl"
+
+
+def prepare_command(config: ExperimentConfig, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """The `gemkr-lab prepare` command that makes the data this experiment needs."""
+    sets = " ".join(f"--set {o}" for o in overrides)
+    return f"gemkr-lab prepare --experiment {config.name} {sets}".rstrip()
+
+
+def tokenizer_dir(config: ExperimentConfig) -> Path:
+    """The LLM's tokenizer directory: `tokenizer`, else the LLM checkpoint's own, else DATA_ROOT/tokenizer.
+
+    An LLM and its tokenizer are tied: a local checkpoint directory brings its tokenizer; the random "tiny-llama"
+    has none and uses the prepared world's.
+    """
+    if config.tokenizer:
+        return Path(config.tokenizer)
+    if config.model.llm != "tiny-llama":
+        return Path(config.model.llm)
+    return Path(config.data_root) / "tokenizer"
+
+
+def prepared_tokenizer(config: ExperimentConfig) -> str:
+    """Where the prepared data's tokenizer came from (the index records it), for messages."""
+    try:
+        meta = json.loads((Path(config.prepared) / "index" / "meta.json").read_text(encoding="utf-8"))
+        return str(meta.get("extra", {}).get("tokenizer_path") or "a tokenizer not recorded")
+    except (OSError, ValueError):
+        return "a tokenizer not recorded"
+
+
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def find_run(target: str, seed: int, root: str | Path) -> Path:
+    """A trained run: a run directory given as such, or the one run of cell `target` and `seed` under `root`."""
+    path = Path(target)
+    if (path / "config.yaml").is_file():
+        return path
+    runs = sorted(p for p in seed_dir(root, target, seed).glob("*/config.yaml"))
+    if not runs:
+        raise FileNotFoundError(
+            f"{seed_dir(root, target, seed)}: no trained run of {target} seed {seed}; "
+            f"run gemkr-lab train {target} --seed {seed} --root {root}"
+        )
+    if len(runs) > 1:
+        listed = ", ".join(str(p.parent) for p in runs)
+        raise ConfigError(
+            f"{target} seed {seed} has {len(runs)} runs with different configs ({listed}); pass one run directory"
+        )
+    return runs[0].parent
