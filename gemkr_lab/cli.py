@@ -10,8 +10,7 @@ from pathlib import Path
 
 
 def _index_build(args: argparse.Namespace) -> int:
-    from gemkr_lab.kb.from_corpus import build_index_from_corpus
-    from gemkr_lab.kb.inspect import index_stats
+    from gemkr_lab.kb.from_corpus import build_index_from_corpus  # light until the corpus's head is read
 
     shards = args.shards if args.shards == "auto" else int(args.shards)
     index = build_index_from_corpus(
@@ -26,6 +25,8 @@ def _index_build(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         overwrite=args.overwrite,
     )
+    from gemkr_lab.kb.inspect import index_stats
+
     _print(index_stats(index), args.json)
     return 0
 
@@ -308,9 +309,9 @@ def _slurm_options(args: argparse.Namespace, sweep, given: dict):
 
 
 def _search_slurm(args: argparse.Namespace, search, given: dict) -> int:
+    options = _slurm_options(args, search, given)  # checked before submitit and Optuna load
     from gemkr_lab.sweep.search import run_search_slurm
 
-    options = _slurm_options(args, search, given)
     result = run_search_slurm(
         search,
         options,
@@ -339,9 +340,9 @@ def _slurm_args(texts: list[str]) -> list[tuple[str, object]]:
 
 
 def _sweep_slurm(args: argparse.Namespace, sweep, given: dict) -> int:
+    options = _slurm_options(args, sweep, given)  # checked before submitit and Optuna load
     from gemkr_lab.sweep.slurm import describe, run_slurm
 
-    options = _slurm_options(args, sweep, given)
     result = run_slurm(
         sweep,
         options,

@@ -106,9 +106,9 @@ def build_index_from_corpus(
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
     check_corpus_head(corpus, carriage_returns_to_spaces)
+    tok = load_tokenizer(tokenizer)
     from gemkr_lab.kb.build import build_index
 
-    tok = load_tokenizer(tokenizer)
     passages = read_corpus(corpus, carriage_returns_to_spaces=carriage_returns_to_spaces)
     stream = _Dedup(Path(corpus), passages, dedup, prepend_title)
     extra: dict[str, Any] = {

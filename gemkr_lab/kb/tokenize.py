@@ -18,11 +18,11 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3: BOS 1 and EOS 2 
 
 def load_tokenizer(path: str | Path) -> Any:
     """A Hugging Face tokenizer from a local directory (never downloaded)."""
+    path = Path(path)
+    if not path.is_dir():  # before transformers (and torch under it) load: a typo is answered at once
+        raise FileNotFoundError(f"{path}: no such tokenizer directory (give a local Hugging Face tokenizer)")
     from transformers import AutoTokenizer
 
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such tokenizer directory (give a local Hugging Face tokenizer)")
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
