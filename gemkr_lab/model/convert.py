@@ -15,7 +15,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from gemkr_lab.io import atomic_directory
+from gemkr_lab.io import atomic_directory, default_file_mode
 
 
 def packaged_gguf(distribution: str) -> Path:
@@ -52,9 +52,24 @@ def gguf_to_checkpoint(gguf: str | Path, out: str | Path, *, dtype: str = "float
     model.config.name_or_path = out.name
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return save_checkpoint(model, tokenizer, out, overwrite=overwrite)
+
+
+def save_checkpoint(model, tokenizer, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Save model and tokenizer into `out` as one unit (`gemkr_lab.io.atomic_directory`), files with the umask's mode.
+
+    transformers writes `model.safetensors` through a temporary file that keeps mode 0600; the other files get
+    `open`'s mode. Every file is given the mode the umask gives a new file (umask 022: 0644), as the rest of the
+    package's files have.
+    """
+    out = Path(out)
     with atomic_directory(out, overwrite=overwrite) as staging:
         model.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
+        mode = default_file_mode()
+        for path in staging.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                path.chmod(mode)
     return out
 
 
