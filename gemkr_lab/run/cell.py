@@ -78,16 +78,24 @@ def run_cell(
     """
     from gemkr_lab.data.queries import DataError
     from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint
+    from gemkr_lab.model.pairing import check_tokenizer_pairs_with_llm
 
     config = with_seed(config, seed)
     stamp = check_prepared(config, overrides or ())
     tokenizer = load_tokenizer(tokenizer_dir(config))
+    check_tokenizer_pairs_with_llm(  # the real cause first: a tokenizer that is not the LLM's
+        tokenizer,
+        tokenizer_dir(config),
+        config.model.llm,
+        fix=f"leave `tokenizer` unset to use the LLM's own and prepare data with it: "
+        f"{prepare_command(config, overrides or (), new_folder=True, leave_out=('tokenizer',))}",
+    )
     if tokenizer_fingerprint(tokenizer) != stamp["tokenizer_fingerprint"]:
         raise DataError(
             f"{config.name} uses the tokenizer in {tokenizer_dir(config)} ({tokenizer_fingerprint(tokenizer)}), "
             f"but {config.prepared} was prepared with another one ({prepared_tokenizer(config)}, "
             f"{stamp['tokenizer_fingerprint']}); its token ids mean nothing to this LLM. Prepare the data with "
-            f"this tokenizer into a new folder: {prepare_command(config, overrides or ())} --set prepared=NEW_FOLDER "
+            f"this tokenizer into a new folder: {prepare_command(config, overrides or (), new_folder=True)} "
             "(then train with prepared=NEW_FOLDER)"
         )
     out = run_dir(root, config)

@@ -99,13 +99,13 @@ def check_prepared(config: ExperimentConfig, overrides: list[str] | tuple[str, .
         listed = "; ".join(f"data.{k}: prepared {a!r}, {config.name} wants {b!r}" for k, a, b in diffs)
         raise DataError(
             f"{config.prepared}: prepared with other settings than {config.name} ({listed}); "
-            f"prepare matching data into another folder: {fix} --set prepared=NEW_FOLDER"
+            f"prepare matching data into another folder: {prepare_command(config, overrides, new_folder=True)}"
         )
     if config.split == "validation" and not (Path(config.prepared) / split_file("validation")).is_file():
         raise DataError(
             f"{config.prepared}: no validation split to decode (split=validation); hold one out of the training "
-            f"questions: set data.validation_size (e.g. 0.2) and prepare: {fix} --set data.validation_size=0.2 "
-            "--set prepared=NEW_FOLDER"
+            "questions: set data.validation_size (e.g. 0.2) and prepare: "
+            f"{prepare_command(config, [*overrides, 'data.validation_size=0.2'], new_folder=True)}"
         )
     return stamp
 
@@ -115,10 +115,32 @@ def split_file(split: str) -> str:
     return f"queries_{split}.jsonl"
 
 
-def prepare_command(config: ExperimentConfig, overrides: list[str] | tuple[str, ...] = ()) -> str:
-    """The `gemkr-lab prepare` command that makes the data this experiment needs."""
-    sets = " ".join(f"--set {o}" for o in overrides)
-    return f"gemkr-lab prepare --experiment {config.name} {sets}".rstrip()
+def prepare_command(
+    config: ExperimentConfig,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    new_folder: bool = False,
+    leave_out: tuple[str, ...] = (),
+) -> str:
+    """The `gemkr-lab prepare` command that makes the data this experiment needs.
+
+    Only the overrides `prepare` reads are repeated (the data's prepare-time fields, where data, tokenizer and LLM
+    come from, where the data goes), never training or decoding ones; `leave_out` drops keys the advice must not
+    repeat (a wrong tokenizer); `new_folder` sends the data to `prepared=NEW_FOLDER` instead of the config's.
+    """
+    from gemkr_lab.config.checks import prepare_time_fields
+    from gemkr_lab.config.data import DataConfig
+
+    read = {f"data.{f}" for f in prepare_time_fields(DataConfig)} | {"data_root", "tokenizer", "model.llm", "prepared"}
+    drop = {*leave_out, *(("prepared",) if new_folder else ())}
+    keys = {}
+    for o in overrides:  # the last of repeated keys wins, as when overrides are applied
+        key = o.split("=", 1)[0].strip()
+        if key in read and key not in drop:
+            keys.pop(key, None)
+            keys[key] = o.strip()
+    sets = [*keys.values(), *(["prepared=NEW_FOLDER"] if new_folder else [])]
+    return " ".join(["gemkr-lab prepare --experiment", config.name, *(f"--set {o}" for o in sets)])
 
 
 def tokenizer_dir(config: ExperimentConfig) -> Path:

@@ -65,3 +65,71 @@ def test_the_named_fix_prepares_data_the_run_accepts(tmp_path, tiny_world, tiny_
     overrides = [*tiny_overrides, f"model.llm={llm_checkpoint}", f"prepared={new}", "train.max_steps=2"]
     means = run_cell(load_experiment("tiny-cpu/full", overrides), 0, tmp_path / "runs", overrides)
     assert set(means) >= {"P@5", "R@5", "MRR@10"}
+
+
+def test_a_tokenizer_that_is_not_the_llms_is_refused_naming_the_real_cause(
+    tmp_path, tiny_world, tiny_overrides, llm_checkpoint
+):
+    """#25: the SmolLM2 trap. Data prepared with the world's tokenizer, `tokenizer=` forced to it, an LLM with its own
+    vocabulary: the stamp agrees with the tokenizer, so only the pairing check can see it; the advice drops the
+    wrong tokenizer and repeats no training override."""
+    from gemkr_lab.model.pairing import TokenizerMismatch
+
+    world, _ = tiny_world
+    forced = str(Path(world) / "tokenizer")
+    overrides = [*tiny_overrides, f"model.llm={llm_checkpoint}", f"tokenizer={forced}"]
+    with pytest.raises(TokenizerMismatch) as caught:
+        run_cell(load_experiment("tiny-cpu/full", overrides), 0, tmp_path / "runs", overrides)
+    message = str(caught.value)
+    assert f"the tokenizer in {forced} does not belong to the LLM {llm_checkpoint}" in message
+    assert tokenizer_fingerprint(load_tokenizer(llm_checkpoint)) in message  # the LLM's own
+    fix = message.split("prepare data with it: ", 1)[1]
+    assert fix.startswith("gemkr-lab prepare --experiment tiny-cpu/full") and fix.endswith("--set prepared=NEW_FOLDER")
+    assert f"--set model.llm={llm_checkpoint}" in fix and "tokenizer=" not in fix and "train." not in fix
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_embedding_rows_and_special_ids_are_checked_against_the_checkpoint(tmp_path, tokenizer_dir):
+    from gemkr_lab.model.pairing import TokenizerMismatch, check_tokenizer_pairs_with_llm
+
+    tok = load_tokenizer(tokenizer_dir)
+    llm = tmp_path / "llm"  # a checkpoint without tokenizer files: only its config can be compared
+    llm.mkdir()
+    fitting = {"vocab_size": len(tok), "eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id}
+    for config, cause in (
+        (fitting, None),
+        ({**fitting, "vocab_size": len(tok) + 64}, None),  # padded embeddings are fine
+        ({**fitting, "eos_token_id": [tok.eos_token_id, 7]}, None),  # one of several EOS ids
+        ({**fitting, "vocab_size": len(tok) - 1}, f"it has {len(tok)} tokens but the LLM's embedding has"),
+        ({**fitting, "eos_token_id": tok.eos_token_id + 1}, f"its EOS id is {tok.eos_token_id}, the LLM's is"),
+    ):
+        (llm / "config.json").write_text(json.dumps(config), encoding="utf-8")
+        if cause is None:
+            check_tokenizer_pairs_with_llm(tok, tokenizer_dir, str(llm), fix="FIX")
+            continue
+        with pytest.raises(TokenizerMismatch, match=r"FIX$") as caught:
+            check_tokenizer_pairs_with_llm(tok, tokenizer_dir, str(llm), fix="FIX")
+        assert cause in str(caught.value) and f"does not belong to the LLM {llm}" in str(caught.value)
+    check_tokenizer_pairs_with_llm(tok, tokenizer_dir, "tiny-llama", fix="FIX")  # built for its tokenizer
+
+
+def test_prepare_advice_repeats_only_what_prepare_reads():
+    from gemkr_lab.run.identity import prepare_command
+
+    config = load_experiment("tiny-cpu/full")
+    overrides = [
+        "train.max_steps=3",
+        "prepared=a",
+        "data.clue_max_tokens=5",
+        "prepared=b",
+        "tokenizer=t",
+        "data_root=w",
+    ]
+    assert prepare_command(config, overrides) == (
+        "gemkr-lab prepare --experiment tiny-cpu/full --set data.clue_max_tokens=5 --set prepared=b "
+        "--set tokenizer=t --set data_root=w"
+    )
+    assert prepare_command(config, overrides, new_folder=True, leave_out=("tokenizer",)) == (
+        "gemkr-lab prepare --experiment tiny-cpu/full --set data.clue_max_tokens=5 --set data_root=w "
+        "--set prepared=NEW_FOLDER"
+    )
