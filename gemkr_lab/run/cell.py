@@ -126,13 +126,55 @@ def _run_locked(
     try:
         metrics = _train_decode_score(config, out, manifest, tokenizer, intermediate)
     except BaseException as exc:
-        pruned = type(exc).__name__ == "TrialPruned"  # an Optuna search stopped this trial early
-        manifest.update(status="pruned" if pruned else "failed", error=f"{type(exc).__name__}: {exc}", finished=now())
+        status = ended_as(exc)
+        manifest.update(status=status, error=f"{type(exc).__name__}: {exc}", finished=now())
+        if status == "failed":  # a stop from outside (preemption, cancellation, a stopped worker) is not a failure
+            manifest["failures"] = manifest.get("failures", 0) + 1
         write_json(out / MANIFEST, manifest)
         raise
     manifest.update(status="complete", finished=now())
     write_json(out / MANIFEST, manifest)
     return metrics
+
+
+class RunStopped(SystemExit):
+    """SIGTERM arrived outside training (while decoding): the run stops, its manifest says stopped."""
+
+    def __init__(self) -> None:
+        super().__init__(143)  # the exit status of a process ended by SIGTERM
+
+
+def ended_as(exc: BaseException) -> str:
+    """The status a run ends with after `exc`: pruned, stopped or failed.
+
+    Pruned: a search stopped it. Stopped: SIGTERM (preempted, cancelled, its worker stopped); training stops at a
+    checkpoint, decoding at once. Failed: anything else, the only outcome counted in `failures`.
+    """
+    if type(exc).__name__ == "TrialPruned":
+        return "pruned"
+    if isinstance(exc, RunStopped) or type(exc).__name__ == "SIGTERMException":  # Lightning's, during fit
+        return "stopped"
+    return "failed"
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Outside Lightning's fit nothing catches SIGTERM: the process would die and leave `status: running`."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise RunStopped
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def is_global_zero() -> bool:
@@ -177,7 +219,8 @@ def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict, tok
         manifest["train_seconds"] = round(sum(manifest["train_seconds_attempts"]), 2)  # its cost is the other's
         write_json(out / MANIFEST, manifest)
         module, datamodule = load_trained(config, trained / "checkpoints" / LAST_CHECKPOINT, tokenizer)
-        return _decode_score_log(config, module.model, datamodule, index, tokenizer, out, manifest, logger)
+        with stop_on_sigterm():
+            return _decode_score_log(config, module.model, datamodule, index, tokenizer, out, manifest, logger)
     manifest["training"] = True  # committed to train: runs waiting for this one may wait (never the reverse)
     write_json(out / MANIFEST, manifest)
     started = time.perf_counter()
@@ -189,7 +232,8 @@ def _train_decode_score(config: ExperimentConfig, out: Path, manifest: dict, tok
         manifest["train_seconds"] = round(sum(manifest["train_seconds_attempts"]), 2)
     if module.resumed_from_step is not None:  # the proof that a resume continued instead of starting over
         manifest.setdefault("resumed_from_steps", []).append(module.resumed_from_step)
-    return _decode_score_log(config, module.model, module.datamodule, index, tokenizer, out, manifest, logger)
+    with stop_on_sigterm():
+        return _decode_score_log(config, module.model, module.datamodule, index, tokenizer, out, manifest, logger)
 
 
 def _decode_score_log(config, model, datamodule, index, tokenizer, out: Path, manifest: dict, logger) -> dict:

@@ -26,6 +26,7 @@ def new_manifest(config: ExperimentConfig, seed: int, stamp: dict, previous: dic
         "split": config.split,
         "started": (previous or {}).get("started", now()),
         "attempts": (previous or {}).get("attempts", 0) + 1,
+        "failures": (previous or {}).get("failures", 0),  # attempts that failed (not stopped or pruned)
         "git": _git(),
         "packages": {p: _version(p) for p in PACKAGES},
         "hardware": hardware(config, gpus=_gpus()),  # CPU, numerics, threads, determinism (gemkr_lab.numerics)
@@ -42,6 +43,12 @@ def new_manifest(config: ExperimentConfig, seed: int, stamp: dict, previous: dic
         "fingerprint": config_fingerprint(config, stamp, NOT_IDENTITY),  # the stamp is checked already
         "training_fingerprint": training_fingerprint(config, stamp),
         "wandb_run_id": (previous or {}).get("wandb_run_id"),
+        # every resume of the run, not only this attempt's (each attempt appends the step it went on from)
+        **(
+            {"resumed_from_steps": list(previous["resumed_from_steps"])}
+            if (previous or {}).get("resumed_from_steps")
+            else {}
+        ),
     }
 
 

@@ -1,0 +1,66 @@
+"""#25: a run's state is exact. A run stopped while decoding says stopped (not running), a stop is not a failure,
+and every resume of a run stays in its manifest."""
+
+import os
+import signal
+
+import pytest
+
+from gemkr_lab.config.experiment import load_experiment
+from gemkr_lab.run import cell
+from gemkr_lab.run.cell import RunStopped, ended_as, read_manifest, run_cell, run_dir, with_seed
+
+
+def test_what_ends_a_run_decides_its_status():
+    class TrialPruned(Exception):  # Optuna's, by name: the run layer never imports Optuna
+        pass
+
+    class SIGTERMException(SystemExit):  # Lightning's, raised by fit after a SIGTERM
+        pass
+
+    assert ended_as(TrialPruned()) == "pruned"
+    assert ended_as(SIGTERMException()) == "stopped" and ended_as(RunStopped()) == "stopped"
+    assert ended_as(ValueError("bad")) == "failed" and ended_as(KeyboardInterrupt()) == "failed"
+
+
+def test_sigterm_while_decoding_stops_the_run_and_restores_the_handler():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RunStopped), cell.stop_on_sigterm():
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.slow
+def test_a_run_stopped_while_decoding_says_stopped_and_counts_no_failure(tmp_path, tiny_overrides, monkeypatch):
+    config = load_experiment("tiny-cpu/full", [*tiny_overrides, "train.max_steps=2"])
+    decode = cell._decode_score_log
+
+    def stopped_midway(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # as a cancelled Slurm job or a stopped sweep worker sends it
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(cell, "_decode_score_log", stopped_midway)
+    with pytest.raises(RunStopped):
+        run_cell(config, 0, tmp_path)
+    out = run_dir(tmp_path, with_seed(config, 0))
+    manifest = read_manifest(out)
+    assert manifest["status"] == "stopped" and manifest["failures"] == 0 and manifest["attempts"] == 1
+    monkeypatch.setattr(cell, "_decode_score_log", decode)
+    run_cell(config, 0, tmp_path)  # the next attempt decodes the trained model and completes
+    manifest = read_manifest(out)
+    assert (manifest["status"], manifest["attempts"], manifest["failures"]) == ("complete", 2, 0)
+
+
+def test_every_resume_stays_in_the_manifest(tiny_overrides):
+    from gemkr_lab.run.identity import check_prepared
+    from gemkr_lab.run.provenance import new_manifest
+
+    config = load_experiment("tiny-cpu/full", tiny_overrides)
+    stamp = check_prepared(config)
+    first = new_manifest(config, 0, stamp, None)
+    assert "resumed_from_steps" not in first and first["failures"] == 0
+    earlier = {**first, "resumed_from_steps": [4], "failures": 1, "attempts": 2}
+    again = new_manifest(config, 0, stamp, earlier)
+    assert again["resumed_from_steps"] == [4] and again["failures"] == 1 and again["attempts"] == 3
+    again["resumed_from_steps"].append(9)  # this attempt's resume
+    assert earlier["resumed_from_steps"] == [4]  # a copy: the earlier record is not changed in place
