@@ -11,6 +11,7 @@ import io
 import os
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
+from gemkr_lab.config.experiment import ConfigError
 from gemkr_lab.io import write_bytes
 
 LAST = "last.ckpt"
@@ -72,20 +74,48 @@ class CheckpointOnStop(Callback):
             trainer.save_checkpoint(self.path)
 
 
-def resume_point(directory: str | Path) -> Path | None:
-    """The newest checkpoint in `directory` that loads; unloadable ones are set aside with a warning."""
+def check_fits(state: Mapping[str, Any], module: torch.nn.Module, path: Path) -> None:
+    """Refuse a checkpoint whose tensors do not fit `module` (other shapes, or parameters it does not have).
+
+    Such a checkpoint was saved by another model: another model config, or another LLM at the same path.
+    Loading it fails deep in torch with a size-mismatch traceback; here the error names the file, the first
+    differing keys with both shapes, and what to do. A bad input, not a transient failure: never retried.
+    """
+    own = module.state_dict()
+    unknown = sorted(k for k in state if k not in own)
+    differ = sorted(k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape))
+    if not differ and not unknown:
+        return
+    shown = [f"{k}: {list(state[k].shape)} in the checkpoint, {list(own[k].shape)} in the model" for k in differ[:2]]
+    shown += [f"{k}: not in the model" for k in unknown[: max(0, 2 - len(shown))]]
+    more = len(differ) + len(unknown) - len(shown)
+    raise ConfigError(
+        f"{path}: does not fit this run's model ({'; '.join(shown)}{f'; and {more} more' if more else ''}); it was "
+        "saved by another model config or another LLM at the same path. Use the config and LLM it was trained "
+        "with, or train again (move the checkpoint away)"
+    )
+
+
+def resume_point(directory: str | Path, module: torch.nn.Module | None = None) -> Path | None:
+    """The newest checkpoint in `directory` that loads; unloadable ones are set aside with a warning.
+
+    With `module`, a loadable checkpoint that does not fit it is refused (`check_fits`), not set aside: it is
+    sound, and the config is what changed.
+    """
     last = Path(directory) / LAST
     for candidate in (last, last.with_name(last.name + ".new"), previous(last)):  # newest first
         if not candidate.is_file():
             continue
         try:
-            torch.load(candidate, map_location="cpu", weights_only=False)
+            loaded = torch.load(candidate, map_location="cpu", weights_only=False)
         except Exception as exc:  # truncated, zero bytes, bit rot: any failure means unusable
             aside = candidate.with_name(f"{candidate.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
             os.replace(candidate, aside)
             reason = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"{candidate}: cannot be loaded ({reason}); set aside as {aside.name}", stacklevel=2)
             continue
+        if module is not None:
+            check_fits(loaded.get("state_dict", {}), module, candidate)
         if candidate != last:  # make the usable one the one Lightning resumes from
             os.replace(candidate, last)
         return last

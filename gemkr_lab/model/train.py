@@ -92,7 +92,7 @@ def fit(
         limit_val_batches=0,
         use_distributed_sampler=False,  # DDP: each rank takes its share of the global batch (EpochSampler)
     )
-    start = resume_point(ckpt_dir) if resume else None
+    start = resume_point(ckpt_dir, module) if resume else None  # one that does not fit is refused, named
     module.resumed_from_step = None  # set by GeMKRModule.on_load_checkpoint
     trainer.fit(module, datamodule=data, ckpt_path=str(start) if start else None)
     trainer.save_checkpoint(ckpt_dir / LAST)  # the final weights (max_steps need not be a multiple of N)

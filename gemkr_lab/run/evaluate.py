@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, apply_overrides, build
+from gemkr_lab.config.metric_names import CUTOFFS
 from gemkr_lab.io import write_json  # not kb.storage: numpy must not load before a refusal
 from gemkr_lab.run.identity import check_prepared, read_manifest, split_file, tokenizer_dir
 
@@ -29,6 +30,7 @@ def load_trained(config: ExperimentConfig, ckpt: Path, tokenizer):
     import torch
 
     from gemkr_lab.model.build import build_model_and_data
+    from gemkr_lab.model.checkpoints import check_fits
 
     module, data = build_model_and_data(  # the one builder training used, seeded as it was
         config.prepared,
@@ -44,6 +46,7 @@ def load_trained(config: ExperimentConfig, ckpt: Path, tokenizer):
     missing = sorted(expected - set(state))
     if missing:
         raise ConfigError(f"{ckpt}: lacks {len(missing)} parameters of the model (e.g. {missing[0]}); retrain the run")
+    check_fits(state, module, ckpt)  # other shapes: one error naming the file and keys, not torch's traceback
     module.load_state_dict(state, strict=False)
     data.setup()
     return module, data
@@ -66,9 +69,9 @@ def decode_and_score(config: ExperimentConfig, model, datamodule, index, tokeniz
     write_records_run(out / "run.txt", records, tag=config.name)
     ranked = {r.qid: r.ranked_ids for r in records}
     relevance = relevance_for(config, ranked)
-    evaluation = evaluate(ranked, relevance, ks=(1, 5, 10))
+    evaluation = evaluate(ranked, relevance, ks=CUTOFFS)
     payload = {"split": config.split, "means": evaluation.means, "per_query": evaluation.per_query}
-    by_match = means_by_match(ranked, relevance, ks=(1, 5, 10))
+    by_match = means_by_match(ranked, relevance, ks=CUTOFFS)
     if by_match is not None:  # answer-based relevance: the headline match and the other one beside it
         payload |= {"match": relevance.match, "means_by_match": by_match}
     write_json(out / "metrics.json", payload)
@@ -119,7 +122,7 @@ def intermediate_callback(config: ExperimentConfig, index, tokenizer, plan: "Int
         records = decode_batches(model, loader, index, config.decoding, tokenizer, progress=False)
         ranked = {r.qid: r.ranked_ids for r in records}
         relevance = relevance_for(config, ranked, "validation", only_ranked=True)  # the subset's queries
-        return evaluate(ranked, relevance, ks=(1, 5, 10)).means
+        return evaluate(ranked, relevance, ks=CUTOFFS).means
 
     def record_and_report(step: int, means: dict[str, float]) -> None:
         done = read_intermediate(out)
