@@ -8,6 +8,8 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from gemkr_lab.config.metric_names import summary_line  # light: the config layer, no numpy
+
 
 def _index_build(args: argparse.Namespace) -> int:
     from gemkr_lab.kb.from_corpus import build_index_from_corpus  # light until the corpus's head is read
@@ -195,7 +197,7 @@ def _train(args: argparse.Namespace) -> int:
     if not means:  # a DDP rank > 0: rank 0 reports
         return 0
     print(f"{config.name} seed {args.seed} -> {run_dir(args.root, with_seed(config, args.seed))}")
-    print("  ".join(f"{k} {100 * v:.1f}" for k, v in means.items() if k in ("P@5", "R@5", "R@10", "MRR@10")))
+    print(summary_line(means))
     return 0
 
 
@@ -207,7 +209,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     apply_for_run(run)  # the numerics the run was trained with, before anything loads torch
     means = evaluate_cell(run, args.overrides)
     print(f"{run} (decoding {' '.join(args.overrides) or 'unchanged'})")
-    print("  ".join(f"{k} {100 * v:.1f}" for k, v in means.items() if k in ("P@5", "R@5", "R@10", "MRR@10")))
+    print(summary_line(means))
     return 0
 
 

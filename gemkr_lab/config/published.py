@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from gemkr_lab.config.checks import Bounds, FieldError, check_fields
+from gemkr_lab.config.metric_names import REPORTED
 
-METRICS = ("P@5", "R@5", "R@10", "MRR@10")  # the report's columns (gemkr_lab.report.table.METRICS)
+METRICS = REPORTED  # the report's columns
 KINDS = ("paper", "official-file", "second-hand")
 FIRST_HAND = ("paper", "official-file")
 KIND_NAMES = {

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from gemkr_lab.config.checks import AtLeast, FieldError, check_fields
+from gemkr_lab.config.metric_names import SCORED
 
-OBJECTIVES = tuple(f"{m}@{k}" for m in ("P", "R", "Recall", "MRR") for k in (1, 5, 10))
-"""What a search can optimise: the metrics every run scores (gemkr_lab.metrics, ks 1, 5 and 10)."""
+OBJECTIVES = SCORED
+"""What a search can optimise: the metrics every run scores (gemkr_lab.config.metric_names)."""
 
 
 @dataclass(frozen=True)

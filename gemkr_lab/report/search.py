@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from gemkr_lab.config.metric_names import REPORTED
 from gemkr_lab.io import write_text
 from gemkr_lab.report.output import check_out, report_directory
 from gemkr_lab.sweep import study as study_mod
@@ -149,7 +150,7 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
 
 
-SHOWN = ("P@5", "R@5", "R@10", "MRR@10")
+SHOWN = REPORTED
 """The metrics the summary shows (the objective is added when it is another)."""
 
 

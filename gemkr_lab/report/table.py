@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gemkr_lab.config.metric_names import REPORTED
 from gemkr_lab.config.published import FIRST_HAND, KIND_NAMES, Published, PublishedError, read_published
 from gemkr_lab.data.prepare import clue_targets_summary
 from gemkr_lab.kb.storage import write_json, write_text
@@ -44,7 +45,7 @@ from gemkr_lab.run.cell import read_manifest
 from gemkr_lab.sweep.grid import GridSweep, current_run, failed_for_good
 from gemkr_lab.sweep.slurm import slurm_note
 
-METRICS = ("P@5", "R@5", "R@10", "MRR@10")
+METRICS = REPORTED
 TOLERANCE = {"ok": 1.0, "ok-ish": 3.0}  # points: |ours - paper| within these -> OK / OK-ish, else FAIL
 EXPLORER_LINK = (
     '<p class="explorer"><a href="explore/index.html">Clue explorer</a>: per query, the clues, ranked passages and '
