@@ -41,7 +41,7 @@ from gemkr_lab.report.stats import (
     t_half_width,
     t_interval,
 )
-from gemkr_lab.run.cell import read_manifest
+from gemkr_lab.run.identity import read_manifest, read_metrics
 from gemkr_lab.sweep.grid import GridSweep, current_run, failed_for_good
 from gemkr_lab.sweep.slurm import slurm_note
 
@@ -65,8 +65,8 @@ def collect(sweep: GridSweep) -> pd.DataFrame:
             out = current_run(sweep, cell, seed)
             manifest = (read_manifest(out) if out is not None else None) or {}
             row = {"cell": cell, "seed": seed, "status": manifest.get("status", "pending")}
-            if row["status"] == "complete" and (out / "metrics.json").is_file():
-                metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+            metrics = read_metrics(out) if row["status"] == "complete" else None
+            if metrics is not None:
                 row |= {m: 100 * metrics["means"][m] for m in METRICS if m in metrics["means"]}
                 row |= _other_match(metrics)
                 row["per_query"] = metrics["per_query"]

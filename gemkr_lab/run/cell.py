@@ -13,7 +13,6 @@ an incomplete one is resumed (training continues from its last checkpoint).
 """
 
 import contextlib
-import json
 import os
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ from gemkr_lab.run.identity import (  # noqa: F401 (re-exported: callers read a 
     prepare_command,
     prepared_tokenizer,
     read_manifest,
+    read_metrics,
     run_dir,
     run_fingerprint,
     seed_dir,
@@ -116,7 +116,7 @@ def _run_locked(
 ) -> dict:
     manifest = read_manifest(out)
     if manifest and manifest.get("status") == "complete":
-        return json.loads((out / "metrics.json").read_text(encoding="utf-8"))["means"]
+        return read_metrics(out)["means"]
     earlier = earlier_train_seconds(manifest, out)
     write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     write_text(out / "overrides.txt", "\n".join(overrides or []) + "\n")

@@ -16,7 +16,7 @@ import yaml
 from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, apply_overrides, build
 from gemkr_lab.config.metric_names import CUTOFFS
 from gemkr_lab.io import write_json  # not kb.storage: numpy must not load before a refusal
-from gemkr_lab.run.identity import check_prepared, read_manifest, split_file, tokenizer_dir
+from gemkr_lab.run.identity import RUN_FORMAT, check_prepared, read_manifest, split_file, tokenizer_dir
 
 if TYPE_CHECKING:  # Lightning loads only where a run trains
     from gemkr_lab.run.intermediate import IntermediateEvaluation
@@ -70,7 +70,12 @@ def decode_and_score(config: ExperimentConfig, model, datamodule, index, tokeniz
     ranked = {r.qid: r.ranked_ids for r in records}
     relevance = relevance_for(config, ranked)
     evaluation = evaluate(ranked, relevance, ks=CUTOFFS)
-    payload = {"split": config.split, "means": evaluation.means, "per_query": evaluation.per_query}
+    payload = {
+        "format": RUN_FORMAT,
+        "split": config.split,
+        "means": evaluation.means,
+        "per_query": evaluation.per_query,
+    }
     by_match = means_by_match(ranked, relevance, ks=CUTOFFS)
     if by_match is not None:  # answer-based relevance: the headline match and the other one beside it
         payload |= {"match": relevance.match, "means_by_match": by_match}

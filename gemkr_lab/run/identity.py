@@ -79,10 +79,44 @@ def run_dir(root: str | Path, config: ExperimentConfig) -> Path:
     return seed_dir(root, config.name, config.train.seed) / run_fingerprint(config)
 
 
+RUN_FORMAT = 1
+"""The format of a run directory's files (manifest.json, metrics.json, records.jsonl, intermediate.json): written
+as `format` into the manifest and the metrics, checked wherever they are read back."""
+METRICS_FILE = "metrics.json"
+
+
+class RunFormatError(ConfigError):
+    """A run file written in a format this version of gemkr_lab does not read."""
+
+
+def check_run_format(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`data` read from `path`, refused when its format is not RUN_FORMAT (files from before the field: format 1)."""
+    found = data.get("format", 1)
+    if found != RUN_FORMAT:
+        raise RunFormatError(
+            f"{path}: a run file of format {found!r}; this gemkr_lab reads format {RUN_FORMAT}. Read it with the "
+            "gemkr_lab that wrote it (its manifest's git commit), or run the cell again under another root"
+        )
+    return data
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise RunFormatError(f"{path}: not valid JSON ({exc}); the run's files are damaged: run it again") from None
+
+
 def read_manifest(directory: Path) -> dict[str, Any] | None:
-    """The run's manifest, or None if it has not started."""
-    path = directory / MANIFEST
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """The run's manifest, or None if it has not started; a damaged or unknown-format one is refused by name."""
+    path = Path(directory) / MANIFEST
+    return check_run_format(_read_json(path), path) if path.is_file() else None
+
+
+def read_metrics(directory: Path) -> dict[str, Any] | None:
+    """The run's metrics.json ({split, means, per_query, ...}), or None if it has none yet."""
+    path = Path(directory) / METRICS_FILE
+    return check_run_format(_read_json(path), path) if path.is_file() else None
 
 
 def check_prepared(config: ExperimentConfig, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:

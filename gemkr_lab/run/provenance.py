@@ -8,7 +8,14 @@ from typing import Any
 
 from gemkr_lab.config.experiment import ExperimentConfig
 from gemkr_lab.numerics import hardware
-from gemkr_lab.run.identity import NOT_IDENTITY, RUN_LOCK, config_fingerprint, split_file, training_fingerprint
+from gemkr_lab.run.identity import (
+    NOT_IDENTITY,
+    RUN_FORMAT,
+    RUN_LOCK,
+    config_fingerprint,
+    split_file,
+    training_fingerprint,
+)
 
 PACKAGES = ("torch", "transformers", "peft", "lightning", "open_clip_torch", "numpy", "numba", "gemkr_lab")
 
@@ -20,6 +27,7 @@ def new_manifest(config: ExperimentConfig, seed: int, stamp: dict, previous: dic
     prepared = Path(config.prepared)
     index_meta = json.loads((prepared / "index" / "meta.json").read_text(encoding="utf-8"))
     return {
+        "format": RUN_FORMAT,
         "cell": config.name,
         "seed": seed,
         "status": "running",

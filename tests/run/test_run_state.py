@@ -64,3 +64,22 @@ def test_every_resume_stays_in_the_manifest(tiny_overrides):
     assert again["resumed_from_steps"] == [4] and again["failures"] == 1 and again["attempts"] == 3
     again["resumed_from_steps"].append(9)  # this attempt's resume
     assert earlier["resumed_from_steps"] == [4]  # a copy: the earlier record is not changed in place
+
+
+def test_run_files_carry_a_format_and_an_unknown_one_is_refused_by_name(tmp_path, tiny_overrides):
+    import json
+
+    from gemkr_lab.run.identity import RUN_FORMAT, RunFormatError, check_prepared, read_manifest, read_metrics
+    from gemkr_lab.run.provenance import new_manifest
+
+    config = load_experiment("tiny-cpu/full", tiny_overrides)
+    assert new_manifest(config, 0, check_prepared(config), None)["format"] == RUN_FORMAT
+    assert read_manifest(tmp_path) is None and read_metrics(tmp_path) is None  # not started: nothing to read
+    (tmp_path / "manifest.json").write_text(json.dumps({"status": "complete"}), encoding="utf-8")
+    assert read_manifest(tmp_path) == {"status": "complete"}  # written before the field existed: format 1
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": 2, "status": "complete"}), encoding="utf-8")
+    with pytest.raises(RunFormatError, match=r"manifest\.json: a run file of format 2; this gemkr_lab reads format 1"):
+        read_manifest(tmp_path)
+    (tmp_path / "metrics.json").write_text('{"means": {"R@5": 0.5', encoding="utf-8")  # cut short
+    with pytest.raises(RunFormatError, match=r"metrics\.json: not valid JSON"):
+        read_metrics(tmp_path)
