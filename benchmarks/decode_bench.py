@@ -10,6 +10,17 @@ be in the KB than any others.
 
     python benchmarks/decode_bench.py                              # tiny model, 100k-document KB, CPU
     python benchmarks/decode_bench.py --shape llama-7b --device cuda --dtype bfloat16 --docs 1000000
+    python benchmarks/decode_bench.py --against-generate --name decode_bench_generate   # vs transformers
+
+`--against-generate` (issue #26) puts the project's plain beam search (10 beams in one group, <= 9 tokens, KV
+cache), unconstrained and constrained, beside transformers' own `generate` (`num_beams` 10, `max_new_tokens` 9,
+KV cache) on the same model, dtype, threads and prompt ids, interleaved query by query, and reports each
+project mode's time / `generate`'s time per query (medians with p25-p75). Semantics that differ, stated in
+the output: the project runs every beam to the cap and scores EOS after the 9th token (prompt + 9 forward
+passes; `generate` with `max_new_tokens` 9 makes prompt + 8), so `generate` with `max_new_tokens` 10 (the same
+forward passes) is timed too; `generate` uses `early_stopping` False (its heuristic stop, which a random model
+never meets before the cap: the steps it made are recorded). Diverse group search is no longer in
+transformers 5 (moved to a Hub `custom_generate` repository), so it is not compared.
 """
 
 import argparse
@@ -72,6 +83,252 @@ def run(decoder, prompts, qids):
     return time.perf_counter() - t, records
 
 
+def _spread(values) -> dict:
+    return {
+        "median": float(np.median(values)),
+        "p25": float(np.percentile(values, 25)),
+        "p75": float(np.percentile(values, 75)),
+        "p10": float(np.percentile(values, 10)),
+        "p90": float(np.percentile(values, 90)),
+        "n": len(values),
+    }
+
+
+def _environment(device: str) -> dict:
+    cpu = (
+        next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if "model name" in ln
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    return {
+        "machine": platform.machine(),
+        "cpu_model": cpu,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def _commit() -> str:
+    """HEAD, and "+local changes" when the code measured differs from it."""
+    import subprocess
+
+    repo = ROOT.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
+        paths = ["gemkr_lab/decoding", "gemkr_lab/kb", "benchmarks/decode_bench.py"]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=repo, capture_output=True, text=True)
+        return head.stdout.strip() + ("+local changes" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def against_generate(args, index, model, prompts, qids) -> None:
+    """The project's plain beam search (free and constrained) beside transformers' `generate`, query by query."""
+    from gemkr_lab.config import DecodingConfig
+    from gemkr_lab.decoding import ClueDecoder
+
+    beams, cap = 10, 9
+    plain = DecodingConfig(search="beam", num_groups=beams, beams_per_group=1, max_clue_tokens=cap)
+    project = {
+        "project_unconstrained": ClueDecoder(model, index, replace(plain, constrained=False)),
+        "project_constrained": ClueDecoder(model, index, plain),
+    }
+    gen_kwargs = dict(
+        num_beams=beams,
+        num_return_sequences=beams,
+        do_sample=False,
+        early_stopping=False,
+        length_penalty=plain.length_penalty,
+        use_cache=True,
+        eos_token_id=index.eos_id,
+        pad_token_id=model.config.pad_token_id,
+        bos_token_id=model.config.bos_token_id,
+        return_dict_in_generate=True,
+    )
+
+    def generate(new_tokens: int):
+        def call(prompt):
+            ids = prompt[None]
+            return model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, **gen_kwargs
+            )
+
+        return call
+
+    arms = {
+        "generate_9": generate(cap),
+        "project_unconstrained": lambda prompt, qid: project["project_unconstrained"].decode(
+            [qid], input_ids=prompt[None]
+        ),
+        "project_constrained": lambda prompt, qid: project["project_constrained"].decode([qid], input_ids=prompt[None]),
+        "generate_10": generate(cap + 1),
+    }
+    for prompt, qid in zip(prompts[:2], qids[:2], strict=True):  # warm-up: JIT, caches, allocator
+        for name, fn in arms.items():
+            fn(prompt) if name.startswith("generate") else fn(prompt, qid)
+    seconds = {name: [] for name in arms}
+    search_ms = {name: [] for name in project}
+    gen_steps, same_clues = [], []
+    ratios = {f"{a}/{b}": [] for a in project for b in ("generate_9", "generate_10")}
+    cpu_ratios = {key: [] for key in ratios}
+    cpu_seconds = {name: [] for name in arms}
+    loads = []
+    for rep in range(args.repeats):
+        # the order inside a query's group rotates per pass, so no arm always runs first (load drift, caches)
+        names = list(arms)
+        names = names[rep % len(names) :] + names[: rep % len(names)]
+        for prompt, qid in zip(prompts, qids, strict=True):
+            pair, cpu_pair, outs = {}, {}, {}
+            for name in names:
+                t, c = time.perf_counter(), time.process_time()
+                outs[name] = arms[name](prompt) if name.startswith("generate") else arms[name](prompt, qid)
+                if args.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                pair[name], cpu_pair[name] = time.perf_counter() - t, time.process_time() - c
+                seconds[name].append(pair[name])
+                cpu_seconds[name].append(cpu_pair[name])
+            for name in project:
+                search_ms[name].append(outs[name][0].timings["decode_ms"])
+                for g in ("generate_9", "generate_10"):
+                    ratios[f"{name}/{g}"].append(pair[name] / pair[g])
+                    cpu_ratios[f"{name}/{g}"].append(cpu_pair[name] / cpu_pair[g])
+            if rep == 0:
+                g9 = outs["generate_9"]
+                gen_steps.append(int(g9.sequences.shape[1] - prompt.shape[0]))
+                theirs = {
+                    tuple(
+                        t for t in row[prompt.shape[0] :].tolist() if t not in (index.eos_id, model.config.pad_token_id)
+                    )
+                    for row in g9.sequences
+                }
+                ours = {tuple(c.tokens) for c in outs["project_unconstrained"][0].clues}
+                same_clues.append(len(theirs & ours) / beams)
+        loads.append(os.getloadavg()[0])
+        r = ratios["project_unconstrained/generate_9"]
+        print(f"pass {rep + 1}/{args.repeats}: unconstrained/generate_9 median so far {np.median(r):.3f}", flush=True)
+    rows = {
+        name: {
+            "ms_per_query": _spread([1000 * x for x in times]),
+            "queries_per_second": len(times) / sum(times),
+            "cpu_ms_per_query": _spread([1000 * x for x in cpu_seconds[name]]),
+            **({"search_ms_per_query": _spread(search_ms[name])} if name in search_ms else {}),
+        }
+        for name, times in seconds.items()
+    }
+    ratio = {
+        key: _spread(vals) | {"of_totals": sum(seconds[key.split("/")[0]]) / sum(seconds[key.split("/")[1]])}
+        for key, vals in ratios.items()
+    }
+    cpu_ratio = {key: _spread(vals) for key, vals in cpu_ratios.items()}
+    env = _environment(args.device) | {"load_average_per_pass": loads, "load_average_end": list(os.getloadavg())}
+    payload = {
+        "benchmark": args.name,
+        "environment": env,
+        "commit": _commit(),
+        "setup": {
+            "docs": args.docs,
+            "tokens": index.n_tokens,
+            "backend": args.backend,
+            "shape": args.shape,
+            "dtype": args.dtype,
+            "queries": args.queries,
+            "repeats": args.repeats,
+            "prompt_len": args.prompt_len,
+            "batch": 1,
+            "project": "plain beam search, 10 beams in one group, <= 9 clue tokens then EOS (prompt + 9 forward "
+            "passes), no early stop, EOS banned at step 0, length penalty 1.5, KV cache; wall time of "
+            "ClueDecoder.decode (clue -> document lookup included; search_ms excludes it)",
+            "generate": f"transformers {__import__('transformers').__version__} model.generate(num_beams=10, "
+            "num_return_sequences=10, max_new_tokens=9 (generate_9) or 10 (generate_10: the project's forward "
+            "passes), do_sample=False, early_stopping=False, length_penalty=1.5, use_cache=True)",
+            "diverse_group_search": "not compared: transformers 5 moved group beam search to the Hub repository "
+            "transformers-community/group-beam-search (custom_generate, trust_remote_code, a download)",
+            "generate_new_tokens_made": _spread(gen_steps),
+            "same_10_clues_as_generate_9": float(np.mean(same_clues)),
+            "order": "interleaved per query: generate_9, project_unconstrained, project_constrained, generate_10, "
+            "the order rotated by one each pass",
+            "threads": torch.get_num_threads(),
+        },
+        "command": "python " + " ".join(["benchmarks/decode_bench.py", *sys.argv[1:]]),
+        "results": rows,
+        "time_ratios": ratio,
+        "cpu_time_ratios": cpu_ratio,
+        "targets": {"project_unconstrained/generate": 1.0, "project_constrained/generate": 1.15},
+    }
+    _write(args.name, payload, _generate_markdown(payload))
+
+
+def _generate_markdown(payload: dict) -> list[str]:
+    env, setup = payload["environment"], payload["setup"]
+    md = [
+        f"# {payload['benchmark']}",
+        "",
+        f"Command: `{payload['command']}` at {payload['commit']}",
+        "",
+        f"CPU: {env['cpu_model']} ({env['cpus']} cores, torch threads {env['torch_threads']}), load average "
+        f"(1 min) at start {env['load_average_start'][0]:.2f}, per pass "
+        f"{[round(x, 2) for x in env['load_average_per_pass']]}; "
+        f"{env['date']}; torch {env['torch']}.",
+        "",
+        f"Setup: {setup['shape']} random Llama, {setup['dtype']}, batch 1, {setup['queries']} queries x "
+        f"{setup['repeats']} passes, prompt {setup['prompt_len']} ids, KB {setup['docs']} docs ({setup['backend']}).",
+        f"- project: {setup['project']}",
+        f"- generate: {setup['generate']}; new tokens made (generate_9) median "
+        f"{setup['generate_new_tokens_made']['median']:.0f}",
+        f"- the unconstrained search's 10 clues equal generate_9's 10 sequences (as sets) for "
+        f"{setup['same_10_clues_as_generate_9']:.1%} of them (the same search)",
+        f"- diverse group search: {setup['diverse_group_search']}",
+        f"- order: {setup['order']}",
+        "",
+        "| arm | ms/query median [p25-p75] | CPU ms/query median | queries/s | search ms (no lookup) median |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in payload["results"].items():
+        m = r["ms_per_query"]
+        search = f"{r['search_ms_per_query']['median']:.1f}" if "search_ms_per_query" in r else "-"
+        md.append(
+            f"| {name} | {m['median']:.1f} [{m['p25']:.1f}-{m['p75']:.1f}] | {r['cpu_ms_per_query']['median']:.1f} | "
+            f"{r['queries_per_second']:.2f} | {search} |"
+        )
+    md += [
+        "",
+        "| time ratio per query | wall median [p25-p75] | wall p10-p90 | wall of totals | CPU-time median [p25-p75] "
+        "| n | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, r in payload["time_ratios"].items():
+        c = payload["cpu_time_ratios"][key]
+        target = payload["targets"][
+            "project_unconstrained/generate" if "unconstrained" in key else "project_constrained/generate"
+        ]
+        md.append(
+            f"| {key} | **{r['median']:.3f}** [{r['p25']:.3f}-{r['p75']:.3f}] | {r['p10']:.3f}-{r['p90']:.3f} | "
+            f"{r['of_totals']:.3f} | {c['median']:.3f} [{c['p25']:.3f}-{c['p75']:.3f}] | {r['n']} | <= {target} |"
+        )
+    return md
+
+
+def _write(name: str, payload: dict, md: list[str]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for suffix, text in (("json", json.dumps(payload, indent=2) + "\n"), ("md", "\n".join(md) + "\n")):
+        tmp = RESULTS / f".{name}.{suffix}.tmp"
+        tmp.write_text(text)
+        tmp.replace(RESULTS / f"{name}.{suffix}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--docs", type=int, default=100_000)
@@ -84,6 +341,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=ROOT / "work")
     p.add_argument("--name", default="decode_bench")
     p.add_argument("--repeats", type=int, default=3, help="interleaved passes over the queries")
+    p.add_argument("--against-generate", action="store_true", help="plain beam search vs transformers' generate")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
@@ -97,6 +355,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     prompts = torch.as_tensor(rng.integers(3, 32_000, size=(args.queries, args.prompt_len)), device=args.device)
     qids = [f"q{i}" for i in range(args.queries)]
+    if args.against_generate:
+        against_generate(args, index, model, prompts, qids)
+        return
     constrained = ClueDecoder(model, index, DecodingConfig())
     free = ClueDecoder(model, index, replace(DecodingConfig(), constrained=False))
     run(constrained, prompts[:2], qids[:2])  # warm-up: JIT, caches, allocator
@@ -128,6 +389,7 @@ def main() -> None:
         index_ms = [r.timings["index_ms"] for r in recs]
         rows[name] = {
             "queries_per_second": len(times) / sum(times),
+            "cpu_ms_per_query": _spread([1000 * x for x in cpu_seconds[name]]),
             "ms_per_query_median": 1000 * float(np.median(times)),
             "ms_per_query_p25": 1000 * float(np.percentile(times, 25)),
             "ms_per_query_p75": 1000 * float(np.percentile(times, 75)),
