@@ -24,7 +24,16 @@ from gemkr_lab.kb.backends import BACKENDS, open_shard
 from gemkr_lab.kb.doc_ids import DocIds, save_doc_ids
 from gemkr_lab.kb.errors import IndexFormatError
 from gemkr_lab.kb.index import KBIndex
-from gemkr_lab.kb.storage import META_FILE, Verify, check_file, load_array, read_meta, save_array
+from gemkr_lab.kb.storage import (
+    META_FILE,
+    Verify,
+    check_file,
+    load_array,
+    read_meta,
+    save_array,
+    write_array,
+    write_array_file,
+)
 from gemkr_lab.kb.suffix_array import SORT_MAX_SYMBOLS
 from gemkr_lab.progress import tqdm
 
@@ -119,7 +128,7 @@ def build_index(
         bounds = _shard_bounds(stream.pop("lengths"), shards, cap)
         # the document starts, mapped from a file: pages a backend reads after its peak do not count in it
         offsets_path = staging / "offsets.tmp"
-        stream.pop("offsets").tofile(offsets_path)
+        write_array_file(offsets_path, stream.pop("offsets"))
         offsets = np.memmap(offsets_path, dtype=np.int64, mode="r").view(np.ndarray)
         _release_free_heap()  # the streaming's temporaries, before the shards' builds reach their peaks
         shard_meta = []
@@ -366,7 +375,7 @@ def _stream_symbols(docs, staging: Path, eos_id: int, vocab_size: int | None, pr
             chunk[is_eos] = eos_id + 1
             chunk[~is_eos] = flat + 1
             hasher.update(chunk.tobytes())
-            chunk.tofile(fh)
+            write_array(fh, chunk)
             lengths.append(lens)
             n_docs += lens.shape[0]
             bar.update(lens.shape[0])
@@ -377,7 +386,7 @@ def _stream_symbols(docs, staging: Path, eos_id: int, vocab_size: int | None, pr
         raise ValueError(f"eos_id {eos_id} is outside the vocabulary [0, {vocab})")
     if dtype != symbol_dtype(vocab):  # ids seen before the vocabulary was known: narrow the stream
         wide = np.fromfile(path, dtype=dtype)
-        wide.astype(symbol_dtype(vocab)).tofile(path)
+        write_array_file(path, wide.astype(symbol_dtype(vocab)))
         del wide
         dtype = symbol_dtype(vocab)
     lens = np.concatenate(lengths)

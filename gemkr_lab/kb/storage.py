@@ -9,7 +9,7 @@ import json
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 
@@ -64,11 +64,34 @@ def file_crc32(path: Path) -> str:
     return f"{crc:08x}"
 
 
+def write_array(fh: BinaryIO, array: np.ndarray) -> None:
+    """Append `array`'s bytes (C order) to an open binary file, through Python's I/O.
+
+    Not `ndarray.tofile`: it writes through C stdio and ignores a failed flush, so on a full disk the bytes are
+    lost without an error (an empty `offsets.tmp`, then "cannot mmap an empty file"); here ENOSPC is raised,
+    naming the file.
+    """
+    try:
+        fh.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+    except OSError as exc:
+        exc.filename = exc.filename or getattr(fh, "name", None)
+        raise
+
+
+def write_array_file(path: Path, array: np.ndarray) -> None:
+    """`array`'s bytes as the whole of `path` (see `write_array`); a failed final flush raises too."""
+    try:
+        with open(path, "wb") as fh:
+            write_array(fh, array)
+    except OSError as exc:
+        exc.filename = exc.filename or str(path)
+        raise
+
+
 def save_array(directory: Path, name: str, array: np.ndarray) -> dict[str, Any]:
     """Write `array` as `<name>.npy` in `directory`; return its entry for the metadata's file table."""
-    path = directory / f"{name}.npy"
-    np.save(path, np.ascontiguousarray(array), allow_pickle=False)
-    return _entry(path, array.dtype, array.shape)
+    array = np.asarray(array, order="C")  # np.save, like tofile, loses its bytes silently on a full disk
+    return save_array_parts(directory, name, array.dtype, array.shape, [array])
 
 
 def save_array_parts(
@@ -81,12 +104,16 @@ def save_array_parts(
     dtype = np.dtype(dtype)
     path = directory / f"{name}.npy"
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
-    with open(path, "wb") as fh:
-        np.lib.format.write_array_header_1_0(fh, header)
-        start = fh.tell()
-        for part in parts:
-            np.ascontiguousarray(part, dtype=dtype).tofile(fh)
-        written = fh.tell() - start
+    try:
+        with open(path, "wb") as fh:
+            np.lib.format.write_array_header_1_0(fh, header)
+            start = fh.tell()
+            for part in parts:
+                write_array(fh, np.asarray(part, dtype=dtype))
+            written = fh.tell() - start
+    except OSError as exc:
+        exc.filename = exc.filename or str(path)
+        raise
     if written != dtype.itemsize * int(np.prod(shape)):
         raise ValueError(f"{path}: {written} bytes of data for {dtype}{list(shape)}")
     return _entry(path, dtype, shape)

@@ -135,3 +135,51 @@ def test_doc_id_lookups_and_errors(tmp_path):
     assert plain.corpus_id(2) == "2" and plain.position("1") == 1
     with pytest.raises(KeyError):
         plain.position("7")
+
+
+# -- a full disk: numpy's own writers lose the bytes without an error (#25) --------------------------------------
+
+FULL = "/dev/full"  # every write fails with ENOSPC, as on a full disk
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every file the index build writes (through Python's `open`) is on a full disk."""
+    import builtins
+    import os
+
+    from gemkr_lab.kb import build as build_mod
+    from gemkr_lab.kb import storage
+
+    if not os.path.exists(FULL):
+        pytest.skip(f"no {FULL}")
+
+    def full_open(path, mode="r", *args, **kwargs):
+        return builtins.open(FULL if "w" in mode else path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "open", full_open, raising=False)
+    monkeypatch.setattr(build_mod, "open", full_open, raising=False)
+
+
+def test_array_writers_raise_on_a_full_disk_naming_the_file(tmp_path):
+    from pathlib import Path
+
+    from gemkr_lab.kb.storage import save_array_parts, write_array_file
+
+    if not Path(FULL).exists():
+        pytest.skip(f"no {FULL}")
+    with pytest.raises(OSError, match="No space left") as caught:  # ndarray.tofile(FULL) returns quietly
+        write_array_file(Path(FULL), np.arange(10))
+    assert caught.value.filename == FULL
+    (tmp_path / "a.npy").symlink_to(FULL)
+    with pytest.raises(OSError, match="No space left") as caught:  # so does np.save
+        save_array_parts(tmp_path, "a", np.dtype(np.int64), (3,), [np.arange(3)])
+    assert caught.value.filename == str(tmp_path / "a.npy")
+
+
+def test_an_overwrite_on_a_full_disk_fails_with_enospc_and_keeps_the_old_index(built, full_disk):
+    before = {p.name: p.read_bytes() for p in built.rglob("*") if p.is_file()}
+    with pytest.raises(OSError, match="No space left"):  # was: "cannot mmap an empty file" (offsets.tmp lost)
+        build_index(DOCS, built, eos_id=2, backend="fm", overwrite=True, progress=False)
+    assert {p.name: p.read_bytes() for p in built.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in built.parent.iterdir()) == ["kb"]  # no staging left behind
