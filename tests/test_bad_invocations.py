@@ -1,4 +1,4 @@
-"""Bad input is answered in a second (#25): ten bad invocations (and one more), each in a fresh interpreter.
+"""Bad input is answered in a second (#25): ten bad invocations (and two more), each in a fresh interpreter.
 
 Each must exit 2 with exactly one line on stderr (the error, naming the file, line or key and the fix), write
 nothing, and be refused before the ML stack loads: torch, transformers, Lightning, numba, Optuna and SQLAlchemy
@@ -71,6 +71,11 @@ CASES = {
         {"corpus.csv": "kid,text\n1,a red panda\n"},
         ["index", "build", "corpus.csv", "--tokenizer", "tok", "--out", "kb"],
         ["tok: no such tokenizer directory"],  # was found only after transformers and torch had loaded
+    ),
+    "missing world (one more)": (
+        {},
+        ["prepare", "--experiment", "tiny-cpu/full", "--set", "data_root=world", "--set", "prepared=prepared"],
+        ["world: missing corpus.csv", "gemkr-lab make-world --out world"],
     ),
     "mistyped run folder": ({}, ["evaluate", "runs/experiments/tiny-cpu__ful"], ["tiny-cpu__ful"]),
     "empty qrels": (

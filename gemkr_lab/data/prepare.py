@@ -20,7 +20,6 @@ from typing import Any
 
 from gemkr_lab.config.checks import prepare_time_fields
 from gemkr_lab.config.data import DataConfig
-from gemkr_lab.data.clue_targets import ClueFinder, ClueStats
 from gemkr_lab.data.datasets import Dataset
 from gemkr_lab.data.queries import DataError, Query, ReadReport
 from gemkr_lab.data.regions import (
@@ -33,7 +32,6 @@ from gemkr_lab.data.regions import (
 )
 from gemkr_lab.data.validation import Split, hold_out
 from gemkr_lab.io import clean_stale, read_json, write_json, write_jsonl
-from gemkr_lab.kb import open_index
 from gemkr_lab.kb.from_corpus import build_index_from_corpus
 from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint
 from gemkr_lab.metrics.relevance import texts_for
@@ -52,9 +50,9 @@ def file_fingerprint(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+STAMP = "prepare.json"
 DAMAGED = "the prepared folder is damaged; prepare it again with `gemkr-lab prepare ... --force`"
 """The fix named when a prepared file is not the JSON `prepare` wrote (deterministic: a sweep does not retry it)."""
-STAMP = "prepare.json"
 
 
 def prepare_settings(config: DataConfig) -> dict[str, Any]:
@@ -284,6 +282,10 @@ class Preparer:
         return f"{layout.gemkr_test} vs {layout.test}: {check.summary()} (details in query_check.json)"
 
     def _clues(self) -> str:
+        # the index kernels (numba, a second to import) load here, not before the inputs have been checked
+        from gemkr_lab.data.clue_targets import ClueFinder, ClueStats
+        from gemkr_lab.kb import open_index
+
         index = open_index(self.out / "index", tokenizer_fingerprint=tokenizer_fingerprint(self.tokenizer))
         c = self.config
         finder = ClueFinder(index, self.tokenizer, c.clue_min_tokens, c.clue_max_tokens, c.clue_target_tokens)
