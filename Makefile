@@ -11,7 +11,7 @@ export WANDB_MODE ?= offline
 export YOLO_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test lint format bench smollm clean
+.PHONY: venv demo test test-fast lint format bench smollm clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The inner loop: no test that trains, starts a process or needs a service (policy: tests/conftest.py).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check gemkr_lab tests benchmarks

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from gemkr_lab.baselines import bm25_search, dense_search, kb_passages
 from gemkr_lab.cli import main
 from gemkr_lab.metrics import read_run
@@ -49,6 +51,7 @@ def test_bm25_ranks_the_matching_passage_first(tmp_path):
     assert run["c"] == []  # no query term in any passage: nothing ranked
 
 
+@pytest.mark.slow  # loads a sentence-transformers model (about 11 s of CPU)
 def test_dense_ranks_the_matching_passage_first(tmp_path):
     corpus, _ = _files(tmp_path)
     ids, texts = kb_passages(corpus)
@@ -57,19 +60,19 @@ def test_dense_ranks_the_matching_passage_first(tmp_path):
     assert all(len(v) == 2 for v in run.values())
 
 
-def test_cli_baselines_write_scoreable_runs(tmp_path, capsys):
+@pytest.mark.parametrize("method", ["bm25", pytest.param("dense", marks=pytest.mark.slow)])
+def test_cli_baselines_write_scoreable_runs(tmp_path, capsys, method):
     corpus, queries = _files(tmp_path)
     qrels = tmp_path / "qrels.txt"
     qrels.write_text("q1 0 1 1\nq2 0 2 1\nq3 0 4 1\n", encoding="utf-8")
-    for method in ("bm25", "dense"):
-        out = tmp_path / f"{method}.txt"
-        args = ["baseline", method, "--corpus", str(corpus), "--queries", str(queries), "--out", str(out)]
-        assert main([*args, "--k", "3"]) == 0
-        assert set(read_run(out)) <= {"q1", "q2", "q3"}
-        capsys.readouterr()
-        assert main(["score", "--run", str(out), "--qrels", str(qrels), "--json"]) == 0
-        means = json.loads(capsys.readouterr().out)
-        assert means["R@5"] >= 2 / 3, method
+    out = tmp_path / f"{method}.txt"
+    args = ["baseline", method, "--corpus", str(corpus), "--queries", str(queries), "--out", str(out)]
+    assert main([*args, "--k", "3"]) == 0
+    assert set(read_run(out)) <= {"q1", "q2", "q3"}
+    capsys.readouterr()
+    assert main(["score", "--run", str(out), "--qrels", str(qrels), "--json"]) == 0
+    means = json.loads(capsys.readouterr().out)
+    assert means["R@5"] >= 2 / 3, method
 
 
 def test_bad_queries_file(tmp_path, capsys):

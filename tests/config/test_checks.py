@@ -172,6 +172,7 @@ def test_the_cli_refuses_before_any_work(tmp_path, override, capsys):
     assert not root.exists()
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_cli_refusal_is_one_line_in_a_fresh_process(tmp_path):
     root = tmp_path / "runs"
     proc = subprocess.run(

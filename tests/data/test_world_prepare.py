@@ -2,6 +2,8 @@
 
 import filecmp
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -19,16 +21,16 @@ from gemkr_lab.metrics import QrelsRelevance, evaluate, read_qrels
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world") / "w"
-    make_world(root, seed=0, size="small")
-    return root
+def world(tiny_world):
+    """The session's synthetic world (seed 0, small), read only."""
+    return Path(tiny_world[0])
 
 
 @pytest.fixture(scope="module")
-def prepared(world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared")
-    Preparer(DataConfig(), world, out, progress=False).run()
+def prepared(tiny_world, tmp_path_factory):
+    """A copy of the session's prepared world (the world is prepared once per run; tests here prepare it again)."""
+    out = tmp_path_factory.mktemp("prepared") / "p"
+    shutil.copytree(tiny_world[1], out)
     return out
 
 
@@ -120,8 +122,6 @@ def test_prepare_outputs_and_idempotence(world, prepared):
 
 
 def test_relevant_passages_absent_from_the_corpus_are_counted(world, tmp_path):
-    import shutil
-
     root = tmp_path / "w"
     shutil.copytree(world, root)
     records = json.loads((root / "retriever_train.json").read_text())
@@ -132,6 +132,7 @@ def test_relevant_passages_absent_from_the_corpus_are_counted(world, tmp_path):
     assert stats["relevant_passages_absent_from_corpus"] == 1
 
 
+@pytest.mark.slow  # builds and runs a YOLO (about 36 s of CPU)
 def test_random_yolo_from_its_yaml_may_detect_nothing(world, tmp_path, monkeypatch):
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "yolo"))
     from ultralytics import YOLO

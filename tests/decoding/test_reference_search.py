@@ -181,11 +181,14 @@ def _prompts(seed, n=2, length=5, vocab=VOCAB):
     return np.random.default_rng(seed).integers(4, vocab, size=(n, length)).tolist()
 
 
+SLOW = pytest.mark.slow  # 1-4 s each: the inner loop keeps one case of each comparison, `make test` runs them all
 SEARCHES = [
     pytest.param({"search": "diverse", "num_groups": 4}, id="diverse-4x1"),
-    pytest.param({"search": "diverse", "num_groups": 3, "beams_per_group": 2, "diversity_penalty": 0.8}, id="div-3x2"),
-    pytest.param({"search": "diverse", "num_groups": 5, "diversity_penalty": 5.0}, id="diverse-strong"),
-    pytest.param({"search": "beam", "num_groups": 5}, id="beam-5"),
+    pytest.param(
+        {"search": "diverse", "num_groups": 3, "beams_per_group": 2, "diversity_penalty": 0.8}, id="div-3x2", marks=SLOW
+    ),
+    pytest.param({"search": "diverse", "num_groups": 5, "diversity_penalty": 5.0}, id="diverse-strong", marks=SLOW),
+    pytest.param({"search": "beam", "num_groups": 5}, id="beam-5", marks=SLOW),
 ]
 
 
@@ -225,10 +228,10 @@ def test_constrained_search_equals_the_reference(knobs, on_host, kb, tiny_llama)
     "extra",
     [
         pytest.param({"stop_at_count": 1}, id="stop-when-unique"),
-        pytest.param({"stop_at_count": 3, "length_penalty": 0.0}, id="stop-at-3-no-norm"),
+        pytest.param({"stop_at_count": 3, "length_penalty": 0.0}, id="stop-at-3-no-norm", marks=SLOW),
     ],
 )
-@pytest.mark.parametrize("backend", ["sa", "fm"])
+@pytest.mark.parametrize("backend", ["sa", pytest.param("fm", marks=SLOW)])
 def test_constrained_variants_equal_the_reference(extra, backend, kb, tiny_llama):
     docs, indexes = kb
     brute = _Brute(docs)
@@ -243,6 +246,7 @@ def test_constrained_variants_equal_the_reference(extra, backend, kb, tiny_llama
     assert bool(seen["forced by stop_at_count"]) == ("stop_at_count" in extra), seen
 
 
+@SLOW
 def test_checking_the_models_best_tokens_is_exact(tmp_path, tiny_llama, monkeypatch):
     """On the device route, large ranges are constrained by checking the model's best M tokens (falling back to
     enumeration when fewer than the search needs are valid): a dense KB over a small vocabulary takes both

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import numba
+import pytest
 
 from gemkr_lab.kb import _fm_kernels, _kernel_cache, _sais_kernels, _select_kernels
 
@@ -37,6 +38,7 @@ _RUN_A_KERNEL = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # fresh interpreters compiling kernels
 def test_editing_another_kernel_file_recompiles_a_cached_kernel(tmp_path):
     """A copy of the package: run a kernel (compiled, cached), again (cached), then edit `_select_kernels.py`."""
     copy = tmp_path / "gemkr_lab"

@@ -8,6 +8,7 @@ after Lightning moved the module back).
 import contextlib
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from gemkr_lab.config import ModelConfig
@@ -84,6 +85,7 @@ def test_region_features_are_computed_on_the_towers_device(tiny_world, monkeypat
     assert len(data._features) == len({r["image_id"] for r in data.train_rows})
 
 
+@pytest.mark.slow  # trains a cell
 def test_run_cell_decodes_on_the_runs_device_after_fit(tmp_path, tiny_overrides, monkeypatch):
     """Lightning hands the module back on the CPU after `fit`; decoding must go back to the run's device."""
     from gemkr_lab.config.experiment import load_experiment

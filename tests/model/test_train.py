@@ -2,6 +2,7 @@
 
 import os
 import signal
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -9,8 +10,6 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from gemkr_lab.config import DataConfig, ModelConfig, TrainConfig
-from gemkr_lab.data.prepare import Preparer
-from gemkr_lab.data.world import make_world
 from gemkr_lab.kb.tokenize import load_tokenizer
 from gemkr_lab.model.checkpoints import previous
 from gemkr_lab.model.module import lr_at
@@ -18,11 +17,10 @@ from gemkr_lab.model.train import fit
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    make_world(root / "w", seed=0)
-    Preparer(DataConfig(), root / "w", root / "p", progress=False).run()
-    return root / "w", root / "p", load_tokenizer(root / "w" / "tokenizer")
+def world(tiny_world):
+    """The session's prepared synthetic world and its tokenizer."""
+    w, p = map(Path, tiny_world)
+    return w, p, load_tokenizer(w / "tokenizer")
 
 
 class _Killed(RuntimeError):
@@ -66,6 +64,7 @@ def test_a_tiny_model_overfits_a_small_batch(world, tmp_path):
     assert float(module.trainer.callback_metrics["train/loss"]) < 0.1
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("kill_at", [4, 5, 7])
 def test_a_killed_run_resumes_mid_epoch_to_the_same_weights(world, tmp_path, kill_at):
     """8 rows in batches of 3 (drop_last off): epochs of 3 steps, checkpoints every 2 - mostly mid-epoch."""
@@ -96,6 +95,7 @@ class _Sigterm(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.slow  # trains
 def test_a_sigterm_checkpoints_the_step_it_stops_at_and_the_resume_is_exact(world, tmp_path):
     """No periodic checkpoint before the stop: the one it resumes from was written because of the SIGTERM."""
     config = ModelConfig(vision_model="tiny-vit")
@@ -113,6 +113,7 @@ def test_a_sigterm_checkpoints_the_step_it_stops_at_and_the_resume_is_exact(worl
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow  # trains
 def test_an_unloadable_checkpoint_is_set_aside_and_the_previous_one_used(world, tmp_path):
     config = ModelConfig(vision_model="tiny-vit")
     train = dict(lr=1e-3, deterministic=True, checkpoint_every_n_steps=2, batch_size=3)

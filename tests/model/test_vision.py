@@ -96,6 +96,7 @@ def test_train_vision_deviation_unfreezes_the_tower():
     assert all(p.requires_grad for p in vit.tower.parameters())
 
 
+@pytest.mark.slow  # builds the 1B-parameter EVA-g tower (about 13 s of CPU)
 def test_weights_load_and_mismatches_are_named(tmp_path):
     tower = build_tower(vision_spec("tiny-vit"))
     torch.save({"visual." + k: v for k, v in tower.state_dict().items()}, tmp_path / "clip.pt")

@@ -20,8 +20,10 @@ def test_open_clip_depths_read_from_its_files_agree_with_open_clip_for_every_arc
     for name in names:
         layers = (open_clip.get_model_config(name) or {}).get("vision_cfg", {}).get("layers")
         assert tower_depth(name) == (layers if isinstance(layers, int) else None), name
-        if tower_depth(name) is not None and name not in TOWER_DEPTHS and "timm_model_name" not in (
-            open_clip.get_model_config(name)["vision_cfg"]
+        if (
+            tower_depth(name) is not None
+            and name not in TOWER_DEPTHS
+            and "timm_model_name" not in (open_clip.get_model_config(name)["vision_cfg"])
         ):
             assert vision_spec(name).layers == tower_depth(name), name  # the model builds what the config allowed
 

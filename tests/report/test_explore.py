@@ -20,28 +20,11 @@ A, B = "tiny-cpu/full", "tiny-cpu/unconstrained"  # B's free clues are almost ne
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, tiny_world):
+def sweep(tmp_path_factory, sweep_file):
     """2 cells x 1 seed of tiny runs on the test world."""
-    world, prepared = tiny_world
     root = tmp_path_factory.mktemp("explore")
-    spec = {
-        "name": "explore-test",
-        "root": str(root / "runs"),
-        "cells": [A, B],
-        "seeds": [0],
-        "reference": A,
-        "overrides": [
-            f"data_root={world}",
-            f"prepared={prepared}",
-            "train.max_steps=4",
-            "limit_train=16",
-            "train.batch_size=8",
-            "decoding.num_groups=2",
-            "tracking.wandb=false",
-        ],
-    }
-    (root / "sweep.yaml").write_text(yaml.safe_dump(spec))
-    sweep = load_sweep(root / "sweep.yaml")
+    path = sweep_file(root / "sweep.yaml", [A, B], name="explore-test", drop=("decoding.max_clue_tokens",), reference=A)
+    sweep = load_sweep(path)
     result = run_sweep(sweep, workers=1, progress=False)
     assert result["complete"] == 2, result
     return sweep
@@ -116,6 +99,7 @@ def test_repeated_clues_and_clue_hits():
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # a browser
 def test_a_right_b_wrong_in_headless_chromium(sweep, tmp_path):
     missing = browser_missing()
     if missing:
@@ -202,6 +186,7 @@ def _shown(driver) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # W&B
 def test_explore_logs_its_table_to_wandb_offline(sweep, tmp_path, monkeypatch):
     from gemkr_lab.report.explore import log_explorer
     from gemkr_lab.tracking.offline import read_offline_artifacts, read_offline_run

@@ -21,11 +21,14 @@ PRESETS = sorted(str(p.relative_to(EXPERIMENTS_DIR))[: -len(".yaml")] for p in E
 TINY = [p for p in PRESETS if p.startswith("tiny-cpu/")]
 
 
-def named(*names: str) -> list[str]:
-    """The presets (paper and tiny-cpu) with one of these names."""
+def named(*names: str) -> list:
+    """The presets (paper and tiny-cpu) with one of these names; a paper preset with a tiny-cpu twin is `slow` (the
+    inner loop checks the switch on the twin, `make test` on both)."""
     out = [p for p in PRESETS if p.split("/", 1)[1] in names]
     assert out, names
-    return out
+    twins = {p.split("/", 1)[1] for p in out if p.startswith("tiny-cpu/")}
+    slow = [p for p in out if p.startswith("paper/") and p.split("/", 1)[1] in twins]
+    return [pytest.param(p, marks=pytest.mark.slow) if p in slow else p for p in out]
 
 
 def own_keys(preset: str) -> set[str]:
@@ -637,7 +640,11 @@ def test_official_code_restores_every_official_behaviour():
 # ---- every tiny-cpu preset trains ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("preset", TINY)
+# a training step each (2-5 s): the inner loop keeps tiny-cpu/full, `make test` runs every preset
+STEPPED = [p if p == "tiny-cpu/full" else pytest.param(p, marks=pytest.mark.slow) for p in TINY]
+
+
+@pytest.mark.parametrize("preset", STEPPED)
 def test_every_tiny_preset_runs_a_training_step(preset, worlds):
     from gemkr_lab.model.module import GeMKRModule
 

@@ -7,7 +7,6 @@ import time
 import uuid
 
 import pytest
-import yaml
 
 from gemkr_lab.run.cell import read_manifest
 from gemkr_lab.sweep import study as study_mod
@@ -15,29 +14,15 @@ from gemkr_lab.sweep.grid import current_run, load_sweep
 
 
 @pytest.mark.slow
-def test_a_15_second_postgresql_outage_mid_run(tmp_path, tiny_world):
+@pytest.mark.integration
+def test_a_15_second_postgresql_outage_mid_run(tmp_path, sweep_file):
     url, ctl = os.environ.get("GEMKR_TEST_POSTGRES_URL"), os.environ.get("GEMKR_TEST_POSTGRES_CTL")
     if not (url and ctl):
         assert os.environ.get("CI") != "true", "CI must start PostgreSQL with .ci/postgres.sh"
         pytest.skip("no PostgreSQL cluster this test may stop (source .ci/postgres.sh)")
-    world, prepared = tiny_world
-    spec = {
-        "name": f"outage-{uuid.uuid4().hex[:8]}",
-        "root": str(tmp_path / "runs"),
-        "cells": ["tiny-cpu/full"],
-        "seeds": [0],
-        "overrides": [
-            f"data_root={world}",
-            f"prepared={prepared}",
-            "train.max_steps=150",
-            "limit_train=16",
-            "train.batch_size=8",
-            "decoding.num_groups=2",
-            "tracking.wandb=false",
-        ],
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path = sweep_file(
+        tmp_path / "sweep.yaml", name=f"outage-{uuid.uuid4().hex[:8]}", steps=150, drop=("decoding.max_clue_tokens",)
+    )
     sweep = load_sweep(path)
     cmd = [sys.executable, "-m", "gemkr_lab.cli", "sweep", str(path), "--storage", url]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -91,29 +91,8 @@ def _which(command: str) -> bool:
     return shutil.which(command) is not None or shutil.which(command, path="/usr/sbin") is not None
 
 
-def _sweep_file(path: Path, tiny_world, cells, seeds, name: str, extra=(), steps: int = 4) -> Path:
-    world, prepared = tiny_world
-    spec = {
-        "name": name,
-        "root": str(path.parent / "runs"),
-        "cells": list(cells),
-        "seeds": list(seeds),
-        "reference": cells[0],
-        "overrides": [
-            f"data_root={world}",
-            f"prepared={prepared}",
-            f"train.max_steps={steps}",
-            "limit_train=16",
-            "train.batch_size=8",
-            "decoding.num_groups=2",
-            "decoding.max_clue_tokens=3",
-            "tracking.wandb=false",
-            *extra,
-        ],
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(spec))
-    return path
+def _sweep_file(path: Path, sweep_file, cells, seeds, name: str, extra=(), steps: int = 4) -> Path:
+    return sweep_file(path, cells, seeds, name=name, steps=steps, overrides=extra, reference=cells[0])
 
 
 def _sweep(path, env, *args, timeout=900) -> subprocess.CompletedProcess:
@@ -142,9 +121,9 @@ def _comparable(report: Path) -> tuple[pd.DataFrame, list]:
 
 
 @pytest.mark.slow
-def test_a_grid_through_slurm_runs_each_pair_once_survives_scancel_and_reports_as_local(tmp_path, tiny_world, slurm):
+def test_a_grid_through_slurm_runs_each_pair_once_survives_scancel_and_reports_as_local(tmp_path, sweep_file, slurm):
     cells, seeds, name = ["tiny-cpu/full", "tiny-cpu/text-only"], [0, 1], f"slurm-{uuid.uuid4().hex[:8]}"
-    path = _sweep_file(tmp_path / "slurm" / "sweep.yaml", tiny_world, cells, seeds, name)
+    path = _sweep_file(tmp_path / "slurm" / "sweep.yaml", sweep_file, cells, seeds, name)
     sweep = load_sweep(path)
     launcher = ["--launcher", "slurm", "--max-jobs", "2", "--gpus-per-trial", "1"]
     with Trainers(sweep.root) as trainers:
@@ -186,7 +165,7 @@ def test_a_grid_through_slurm_runs_each_pair_once_survives_scancel_and_reports_a
     assert ledger[job]["state"] == "CANCELLED" and Path(ledger[job]["stdout"]).is_file()
     assert sum(len([t for t in j["trials"] if t["state"] == "COMPLETE"]) for j in ledger.values()) == 4
 
-    local_path = _sweep_file(tmp_path / "local" / "sweep.yaml", tiny_world, cells, seeds, name)
+    local_path = _sweep_file(tmp_path / "local" / "sweep.yaml", sweep_file, cells, seeds, name)
     local = _sweep(local_path, dict(os.environ), "--workers", "2")
     assert local.returncode == 0, local.stdout + local.stderr
     write_report(sweep, tmp_path / "report-slurm")
@@ -207,11 +186,11 @@ def test_a_grid_through_slurm_runs_each_pair_once_survives_scancel_and_reports_a
 
 
 @pytest.mark.slow
-def test_requeued_and_cancelled_jobs_checkpoint_give_their_trial_back_and_it_resumes(tmp_path, tiny_world, slurm):
+def test_requeued_and_cancelled_jobs_checkpoint_give_their_trial_back_and_it_resumes(tmp_path, sweep_file, slurm):
     """USR2 (before the time limit, or a preemption): the job requeues itself; scancel: a new worker takes over."""
     name = f"slurm-requeue-{uuid.uuid4().hex[:8]}"
     extra = ["train.checkpoint_every_n_steps=5"]
-    path = _sweep_file(tmp_path / "sweep.yaml", tiny_world, ["tiny-cpu/full"], [0], name, extra, steps=80)
+    path = _sweep_file(tmp_path / "sweep.yaml", sweep_file, ["tiny-cpu/full"], [0], name, extra, steps=80)
     sweep = load_sweep(path)
     run = current_run(sweep, "tiny-cpu/full", 0)
     first = _sweep(path, slurm, "--launcher", "slurm")
@@ -348,8 +327,8 @@ def test_slurm_options_without_the_slurm_launcher_are_refused_before_any_work(tm
     assert not (tmp_path / "runs").exists()
 
 
-def test_without_slurm_commands_the_slurm_launcher_says_where_to_run(tmp_path, tiny_world, monkeypatch, capsys):
-    path = _sweep_file(tmp_path / "sweep.yaml", tiny_world, ["tiny-cpu/full"], [0], "no-slurm")
+def test_without_slurm_commands_the_slurm_launcher_says_where_to_run(tmp_path, sweep_file, monkeypatch, capsys):
+    path = _sweep_file(tmp_path / "sweep.yaml", sweep_file, ["tiny-cpu/full"], [0], "no-slurm")
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no sbatch, srun, squeue, sacct
     assert main(["sweep", str(path), "--launcher", "slurm"]) == 2
     assert "--launcher slurm needs Slurm's commands on PATH" in capsys.readouterr().err

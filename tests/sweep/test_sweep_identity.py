@@ -13,40 +13,22 @@ from gemkr_lab.run.cell import read_manifest, seed_dir
 from gemkr_lab.sweep.grid import cell_run, current_run, load_sweep, pending, run_sweep
 
 
-def _write(tmp_path, tiny_world, cells, overrides=(), seeds=(0,), name="s.yaml"):
-    world, prepared = tiny_world
-    spec = {
-        "name": "ident",
-        "root": str(tmp_path / "runs"),
-        "cells": list(cells),
-        "seeds": list(seeds),
-        "reference": cells[0],
-        "overrides": [
-            f"data_root={world}",
-            f"prepared={prepared}",
-            "train.max_steps=4",
-            "limit_train=16",
-            "train.batch_size=8",
-            "decoding.num_groups=2",
-            "tracking.wandb=false",
-            *overrides,
-        ],
-    }
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(spec))
-    return path
+def _write(sweep_file, tmp_path, cells, overrides=(), seeds=(0,), name="s.yaml"):
+    """A sweep file named "ident" (changing it keeps the study) on the tiny overrides, clue length as presets set it."""
+    drop = ("decoding.max_clue_tokens",)
+    return sweep_file(tmp_path / name, cells, seeds, name="ident", overrides=overrides, drop=drop, reference=cells[0])
 
 
 @pytest.mark.slow
-def test_a_changed_cell_reruns_and_the_report_shows_only_the_current_run(tmp_path, tiny_world):
-    path = _write(tmp_path, tiny_world, ["tiny-cpu/full"])
+def test_a_changed_cell_reruns_and_the_report_shows_only_the_current_run(tmp_path, sweep_file):
+    path = _write(sweep_file, tmp_path, ["tiny-cpu/full"])
     sweep = load_sweep(path)
     assert run_sweep(sweep, progress=False)["complete"] == 1
     old = current_run(sweep, "tiny-cpu/full", 0)
     old_metrics = json.loads((old / "metrics.json").read_text())["means"]
 
     new_overrides = ["train.max_steps=12", "model.use_gate=false"]
-    changed = load_sweep(_write(tmp_path, tiny_world, ["tiny-cpu/full"], new_overrides))
+    changed = load_sweep(_write(sweep_file, tmp_path, ["tiny-cpu/full"], new_overrides))
     assert pending(changed) == [("tiny-cpu/full", 0)]  # the old run is not this config's result
     with pytest.raises(ConfigError, match="--new-study"):
         run_sweep(changed, progress=False)
@@ -67,8 +49,8 @@ def test_a_changed_cell_reruns_and_the_report_shows_only_the_current_run(tmp_pat
 
 
 @pytest.mark.slow
-def test_clue_length_5_trains_on_targets_centred_on_5_tokens(tmp_path, tiny_world):
-    path = _write(tmp_path, tiny_world, ["tiny-cpu/full", "tiny-cpu/clue-length-5"])
+def test_clue_length_5_trains_on_targets_centred_on_5_tokens(tmp_path, sweep_file):
+    path = _write(sweep_file, tmp_path, ["tiny-cpu/full", "tiny-cpu/clue-length-5"])
     sweep = load_sweep(path)
     result = run_sweep(sweep, progress=False)
     assert result["complete"] == 2 and not result["failed"]

@@ -16,27 +16,13 @@ from gemkr_lab.run.cell import read_manifest
 from gemkr_lab.sweep.grid import current_run, load_sweep, pending, run_sweep
 
 
-def _sweep_file(tmp_path, tiny_world, cells=("tiny-cpu/full", "tiny-cpu/text-only"), seeds=(0,), steps=4):
-    world, prepared = tiny_world
-    spec = {
-        "name": "t",
-        "root": str(tmp_path / "runs"),
-        "cells": list(cells),
-        "seeds": list(seeds),
-        "reference": cells[0],
-        "overrides": [
-            f"data_root={world}",
-            f"prepared={prepared}",
-            f"train.max_steps={steps}",
-            "limit_train=16",
-            "train.batch_size=8",
-            "decoding.num_groups=3",
-            "decoding.max_clue_tokens=4",
-        ],
-    }
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+def _sweep_file(sweep_file, tmp_path, cells=("tiny-cpu/full", "tiny-cpu/text-only"), seeds=(0,), steps=4):
+    """A sweep file named "t" decoding three groups of clues of up to 4 tokens, tracking as the presets set it."""
+    drop = ("decoding.num_groups", "decoding.max_clue_tokens", "tracking.wandb")
+    wider = ["decoding.num_groups=3", "decoding.max_clue_tokens=4"]
+    return sweep_file(
+        tmp_path / "sweep.yaml", cells, seeds, name="t", steps=steps, overrides=wider, drop=drop, reference=cells[0]
+    )
 
 
 def _attempts(sweep):
@@ -44,8 +30,8 @@ def _attempts(sweep):
 
 
 @pytest.mark.slow
-def test_grid_runs_each_cell_once_and_reports(tmp_path, tiny_world):
-    sweep = load_sweep(_sweep_file(tmp_path, tiny_world, seeds=(0, 1)))
+def test_grid_runs_each_cell_once_and_reports(tmp_path, sweep_file):
+    sweep = load_sweep(_sweep_file(sweep_file, tmp_path, seeds=(0, 1)))
     result = run_sweep(sweep, workers=2, progress=False)
     assert result["complete"] == 4 and not result["failed"]
     assert pending(sweep) == []
@@ -63,8 +49,8 @@ def test_grid_runs_each_cell_once_and_reports(tmp_path, tiny_world):
 
 
 @pytest.mark.slow
-def test_two_sweep_commands_at_once_never_run_a_cell_twice(tmp_path, tiny_world):
-    path = _sweep_file(tmp_path, tiny_world, cells=("tiny-cpu/full", "tiny-cpu/text-only", "tiny-cpu/no-gate"))
+def test_two_sweep_commands_at_once_never_run_a_cell_twice(tmp_path, sweep_file):
+    path = _sweep_file(sweep_file, tmp_path, cells=("tiny-cpu/full", "tiny-cpu/text-only", "tiny-cpu/no-gate"))
     cmd = [sys.executable, "-m", "gemkr_lab.cli", "sweep", str(path), "--workers", "1"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
     for p in procs:
@@ -76,8 +62,8 @@ def test_two_sweep_commands_at_once_never_run_a_cell_twice(tmp_path, tiny_world)
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_resumes_keeping_completed_runs(tmp_path, tiny_world):
-    path = _sweep_file(tmp_path, tiny_world, cells=("tiny-cpu/full", "tiny-cpu/text-only"), steps=40)
+def test_a_killed_sweep_resumes_keeping_completed_runs(tmp_path, sweep_file):
+    path = _sweep_file(sweep_file, tmp_path, cells=("tiny-cpu/full", "tiny-cpu/text-only"), steps=40)
     sweep = load_sweep(path)
     cmd = [sys.executable, "-m", "gemkr_lab.cli", "sweep", str(path), "--workers", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -120,11 +106,11 @@ def test_bad_sweep_files(tmp_path, tiny_world):
         load_sweep(path)
 
 
-def test_a_changed_sweep_file_is_refused_unless_new_study(tmp_path, tiny_world):
+def test_a_changed_sweep_file_is_refused_unless_new_study(tmp_path, sweep_file):
     from gemkr_lab.config.experiment import ConfigError
     from gemkr_lab.sweep import study as study_mod
 
-    path = _sweep_file(tmp_path, tiny_world, cells=("tiny-cpu/full",))
+    path = _sweep_file(sweep_file, tmp_path, cells=("tiny-cpu/full",))
     sweep = load_sweep(path)
     store = study_mod.open_storage(None, tmp_path / "runs")
     study_mod.grid_study(sweep.name, store, sweep.cells, sweep.seeds, sweep.overrides)
@@ -134,22 +120,23 @@ def test_a_changed_sweep_file_is_refused_unless_new_study(tmp_path, tiny_world):
     assert len(study.get_trials()) == 2
 
 
-def test_an_unreachable_storage_starts_nothing(tmp_path, tiny_world):
+def test_an_unreachable_storage_starts_nothing(tmp_path, sweep_file):
     from gemkr_lab.config.experiment import ConfigError
 
-    sweep = load_sweep(_sweep_file(tmp_path, tiny_world))
+    sweep = load_sweep(_sweep_file(sweep_file, tmp_path))
     with pytest.raises(ConfigError, match=r"cannot be reached.*nothing was started"):
         run_sweep(sweep, storage="postgresql+psycopg2://nobody@127.0.0.1:9/none", progress=False)
     assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.slow
-def test_two_workers_on_postgresql_run_every_cell_once(tmp_path, tiny_world):
+@pytest.mark.integration  # PostgreSQL
+def test_two_workers_on_postgresql_run_every_cell_once(tmp_path, sweep_file):
     url = os.environ.get("GEMKR_TEST_POSTGRES_URL")
     if not url:
         assert os.environ.get("CI") != "true", ".ci/run must start PostgreSQL and export GEMKR_TEST_POSTGRES_URL"
         pytest.skip("no PostgreSQL here (CI starts one)")
-    path = _sweep_file(tmp_path, tiny_world, cells=("tiny-cpu/full", "tiny-cpu/text-only", "tiny-cpu/no-gate"))
+    path = _sweep_file(sweep_file, tmp_path, cells=("tiny-cpu/full", "tiny-cpu/text-only", "tiny-cpu/no-gate"))
     spec = yaml.safe_load(path.read_text())
     spec["name"] = f"pg-{os.getpid()}-{int(time.time())}"
     path.write_text(yaml.safe_dump(spec))

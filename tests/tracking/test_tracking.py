@@ -46,6 +46,7 @@ STEPS = 30
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # W&B
 def test_a_killed_and_resumed_run_keeps_one_wandb_history(tmp_path, tiny_world):
     """SIGKILL after the first checkpoint, then resume: one W&B run, its steps 1..STEPS once and in order.
 

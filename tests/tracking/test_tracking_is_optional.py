@@ -25,6 +25,7 @@ _TRAIN_WITH_A_DEAD_SERVICE = textwrap.dedent(
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # W&B's service
 def test_a_run_whose_wandb_service_never_answers_trains_untracked_and_says_why(tmp_path, tiny_overrides):
     pids = tmp_path / "stand-in.pids"
     stand_in = tmp_path / "wandb-core"
