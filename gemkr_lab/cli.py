@@ -34,6 +34,9 @@ def _index_build(args: argparse.Namespace) -> int:
 
 
 def _index_stats(args: argparse.Namespace) -> int:
+    from gemkr_lab.kb.storage import read_meta
+
+    read_meta(Path(args.index))  # a mistyped folder is answered before the index kernels (numba) load
     from gemkr_lab.kb import open_index
     from gemkr_lab.kb.inspect import index_stats
 
@@ -42,6 +45,9 @@ def _index_stats(args: argparse.Namespace) -> int:
 
 
 def _index_query(args: argparse.Namespace) -> int:
+    from gemkr_lab.kb.storage import read_meta
+
+    read_meta(Path(args.index))  # a mistyped folder is answered before the index kernels (numba) load
     from gemkr_lab.kb import open_index
     from gemkr_lab.kb.inspect import query_index
     from gemkr_lab.kb.tokenize import load_tokenizer, tokenizer_fingerprint
@@ -110,12 +116,15 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _baseline(args: argparse.Namespace) -> int:
-    from gemkr_lab.baselines import bm25_search, dense_search, kb_passages, read_queries
+    from gemkr_lab.baselines.queries import kb_passages, read_queries
     from gemkr_lab.metrics import write_run
 
     queries = read_queries(args.queries)
     ids, texts = kb_passages(args.corpus, dedup=args.dedup)
-    search = bm25_search if args.method == "bm25" else dense_search
+    if args.method == "bm25":  # imported once the inputs are read: the dense retriever loads torch
+        from gemkr_lab.baselines.bm25 import bm25_search as search
+    else:
+        from gemkr_lab.baselines.dense import dense_search as search
     ranked = search(ids, texts, queries, k=args.k)
     write_run(args.out, ranked, tag=args.method)
     print(f"{args.method}: {len(queries)} queries over {len(ids)} passages -> {args.out}")
@@ -370,16 +379,19 @@ def _sweep_slurm(args: argparse.Namespace, sweep, given: dict) -> int:
 def _report(args: argparse.Namespace) -> int:
     from gemkr_lab.sweep.search_file import is_search, load_search_file
 
+    # the sweep file is read before pandas and Optuna load: a bad one is answered at once
     if Path(args.sweep).is_file() and is_search(args.sweep):
+        search = load_search_file(args.sweep)
         from gemkr_lab.report.search import write_search_report
 
-        search = load_search_file(args.sweep)
         table = write_search_report(search, args.out, storage=args.storage, overwrite=args.overwrite)
     else:
-        from gemkr_lab.report.table import write_report
         from gemkr_lab.sweep.grid import load_sweep
 
-        table = write_report(load_sweep(args.sweep), args.out, overwrite=args.overwrite)
+        sweep = load_sweep(args.sweep)
+        from gemkr_lab.report.table import write_report
+
+        table = write_report(sweep, args.out, overwrite=args.overwrite)
     print(table.to_string(index=False))
     print(f"-> {args.out}/")
     return 0

@@ -1,4 +1,4 @@
-"""Bad input is answered in a second (#25): ten bad invocations (and two more), each in a fresh interpreter.
+"""Bad input is answered in a second (#25): ten bad invocations (and five more), each in a fresh interpreter.
 
 Each must exit 2 with exactly one line on stderr (the error, naming the file, line or key and the fix), write
 nothing, and be refused before the ML stack loads: torch, transformers, Lightning, numba, Optuna and SQLAlchemy
@@ -76,6 +76,13 @@ CASES = {
         {},
         ["prepare", "--experiment", "tiny-cpu/full", "--set", "data_root=world", "--set", "prepared=prepared"],
         ["world: missing corpus.csv", "gemkr-lab make-world --out world"],
+    ),
+    "mistyped index folder (one more)": ({}, ["index", "stats", "kbb"], ["kbb: no such index directory"]),
+    "report of a missing sweep file (one more)": ({}, ["report", "sweeps/dem.yaml", "--out", "rep"], ["dem.yaml"]),
+    "baseline without its queries (one more)": (
+        {"corpus.csv": "kid,text\n1,a red panda\n"},
+        ["baseline", "dense", "--corpus", "corpus.csv", "--queries", "q.jsonl", "--out", "run.txt"],
+        ["q.jsonl: no such queries file"],  # the dense retriever loaded torch first
     ),
     "mistyped run folder": ({}, ["evaluate", "runs/experiments/tiny-cpu__ful"], ["tiny-cpu__ful"]),
     "empty qrels": (
