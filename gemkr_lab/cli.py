@@ -5,10 +5,18 @@ import contextlib
 import json
 import sys
 import traceback
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
+from gemkr_lab.config.checks import prepare_time_fields
+from gemkr_lab.config.data import DataConfig
+from gemkr_lab.config.flags import add_field_flags, build_from_flags, given_fields
 from gemkr_lab.config.metric_names import summary_line  # light: the config layer, no numpy
+
+DATASETS = list(typing.get_args(typing.get_args(DataConfig.__annotations__["dataset"])[0]))
+PREPARE_FLAGS = [f for f in prepare_time_fields(DataConfig) if f != "dataset"]
+"""`prepare DATASET`'s flags: every prepare-time data setting but the dataset itself (generated, `config.flags`)."""
 
 
 def _index_build(args: argparse.Namespace) -> int:
@@ -147,6 +155,10 @@ def _prepare(args: argparse.Namespace) -> int:
     if args.experiment:
         if args.dataset or args.data_root or args.out:
             raise ConfigError("prepare: give either --experiment (with --set KEY=VALUE) or DATASET --data-root --out")
+        flags = given_fields(args, PREPARE_FLAGS)
+        if flags:  # they would be ignored: the preset's data settings are changed with --set
+            sets = " ".join(f"--set data.{k}={v}" for k, v in flags.items())
+            raise ConfigError(f"prepare --experiment takes data settings as overrides: {sets}")
         from gemkr_lab.run.cell import tokenizer_dir
 
         config = load_experiment(args.experiment, args.set)
@@ -155,19 +167,7 @@ def _prepare(args: argparse.Namespace) -> int:
     else:
         if not (args.dataset and args.data_root and args.out):
             raise ConfigError("prepare: give DATASET --data-root DIR --out DIR, or --experiment PRESET")
-        data = DataConfig(
-            dataset=args.dataset,
-            detector=args.detector,
-            yolo_weights=args.yolo_weights,
-            clue_max_tokens=args.clue_max_tokens,
-            clue_min_tokens=args.clue_min_tokens,
-            max_objects=args.max_objects,
-            detector_confidence=args.detector_confidence,
-            detector_iou=args.detector_iou,
-            index_backend=args.backend,
-            carriage_returns_to_spaces=args.carriage_returns_to_spaces,
-            gs112k_test_queries=args.gs112k_test_queries,
-        )
+        data = build_from_flags(DataConfig, {"dataset": args.dataset, **given_fields(args, PREPARE_FLAGS)})
         data_root, out, tokenizer = args.data_root, args.out, args.tokenizer
     steps = Preparer(data, data_root, out, tokenizer=tokenizer, force=args.force).run()
     for s in steps:
@@ -589,27 +589,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Either DATASET --data-root DIR --out DIR [options], or --experiment PRESET [--set KEY=VALUE]: "
         "the experiment's data settings, data root, prepared folder and tokenizer.",
     )
-    prep.add_argument("dataset", nargs="?", choices=["okvqa-gs112k", "okvqa-wk21m", "remuq", "synthetic"])
+    prep.add_argument("dataset", nargs="?", choices=DATASETS)
     prep.add_argument("--experiment", help="prepare what this experiment preset needs (e.g. tiny-cpu/clue-length-5)")
     prep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override of the experiment")
     prep.add_argument("--data-root", help="the dataset's downloaded files")
     prep.add_argument("--out", help="where prepared files go")
     prep.add_argument("--tokenizer", help="the LLM's tokenizer directory (default: DATA_ROOT/tokenizer)")
-    prep.add_argument("--backend", choices=["sa", "fm"], default="fm")
-    prep.add_argument("--carriage-returns-to-spaces", action="store_true", help=CRS_HELP)
-    prep.add_argument(
-        "--gs112k-test-queries",
-        choices=["auto", "gemkr", "vrr"],
-        default="auto",
-        help="GS112K test queries: GeMKR's test.json, VRR's retriever_test.json, or GeMKR's when present (auto)",
-    )
-    prep.add_argument("--detector", choices=["yolo", "ground_truth", "none"], default="ground_truth")
-    prep.add_argument("--yolo-weights", help="local YOLO weights (.pt/.onnx) for --detector yolo")
-    prep.add_argument("--clue-max-tokens", type=int, default=9)
-    prep.add_argument("--clue-min-tokens", type=int, default=2)
-    prep.add_argument("--max-objects", type=int, default=10, help="regions kept per image (1..10)")
-    prep.add_argument("--detector-confidence", type=float, default=0.25, help="YOLO confidence threshold")
-    prep.add_argument("--detector-iou", type=float, default=0.45, help="YOLO NMS IoU threshold")
+    # one flag per prepare-time field of DataConfig, generated: the config is the one place they are declared
+    add_field_flags(prep, DataConfig, PREPARE_FLAGS, aliases={"index_backend": ("--backend",)})
     prep.add_argument("--force", action="store_true", help="redo every step")
     prep.set_defaults(func=_prepare)
 
