@@ -144,6 +144,7 @@ def test_dataset_layout_names_missing_files(tmp_path):
         Dataset("vqa", tmp_path)
 
 
+@pytest.mark.slow  # writes and streams a 15 MB corpus
 def test_wk21m_tsv_streams_with_flat_memory(tmp_path):
     path = tmp_path / "psgs_w100.tsv"
     with open(path, "w", encoding="utf-8") as fh:

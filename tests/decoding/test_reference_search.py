@@ -192,6 +192,7 @@ SEARCHES = [
 ]
 
 
+@SLOW  # 24 searches per case (about 4 s of CPU): the constrained comparisons below stay in the inner loop
 @pytest.mark.parametrize("knobs", SEARCHES)
 def test_unconstrained_search_equals_the_reference(knobs, tiny_llama):
     cfg = DecodingConfig(constrained=False, max_clue_tokens=5, **knobs)
