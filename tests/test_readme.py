@@ -20,6 +20,7 @@ What is not the README's text:
 
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -105,6 +106,11 @@ def _runnable(block: Block, clone: Path) -> str | None:
     return None
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the blocks' processes, once they have ended
+    return usage.ru_utime + usage.ru_stime
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_every_readme_shell_block_runs_from_a_fresh_clone(tmp_path):
@@ -143,15 +149,17 @@ def test_every_readme_shell_block_runs_from_a_fresh_clone(tmp_path):
         lines = [ln for ln in block.text.splitlines() if not ln.strip().startswith(SETUP_ONLY)] if n == 0 else None
         script = "set -euo pipefail\n" + ("\n".join(lines) + "\n" if lines is not None else block.text)
         log = tmp_path / f"block-{block.line}.log"
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _children_cpu()
         with open(log, "w", encoding="utf-8") as out:
             code = subprocess.run(
                 ["bash", "-c", script], cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=1800
             ).returncode
         seconds = time.perf_counter() - started
-        timings.append(f"README.md:{block.line}: {seconds:.0f} s")
+        timings.append(f"README.md:{block.line}: {seconds:.0f} s wall, {_children_cpu() - cpu:.0f} s CPU")
         tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
         assert code == 0, f"README.md:{block.line}: the block exited {code}:\n{block.text}\n--- output (tail):\n{tail}"
-    print("\n".join(["README blocks run:", *timings, "skipped:", *skipped]))
+    load = os.getloadavg()[0]
+    print("\n".join([f"README blocks run (load average at the end: {load:.1f}):", *timings]))
+    print("\n".join(["skipped:", *skipped]))
     assert (clone / "reports" / "demo" / "table.md").is_file()
     assert (clone / "reports" / "lr-search" / "summary.md").is_file()
