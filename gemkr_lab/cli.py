@@ -34,6 +34,7 @@ def _index_build(args: argparse.Namespace) -> int:
         carriage_returns_to_spaces=args.carriage_returns_to_spaces,
         batch_size=args.batch_size,
         overwrite=args.overwrite,
+        progress=False if args.json else None,  # --json: stdout is the JSON alone (no progress lines)
     )
     from gemkr_lab.kb.inspect import index_stats
 
