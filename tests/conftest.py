@@ -32,12 +32,13 @@ from gemkr_lab.numerics import apply_portable_cpu_numerics  # noqa: E402 (import
 apply_portable_cpu_numerics(True)
 
 
-# ---- The inner loop (#24): `make test-fast` runs `pytest -m "not slow"` in about two minutes on 2 cores ----------
+# ---- The inner loop (#24): `make test-fast` runs `pytest -m "not slow"`, aiming at two minutes on 2 cores ---------
 # Policy: a test that trains a model, spawns a process, or starts or needs a service (PostgreSQL, Slurm, a browser,
 # W&B) is `slow`; one needing a service is also `integration` (which implies `slow`). Marks come three ways:
 # - by hand, @pytest.mark.slow / @pytest.mark.integration on the test (or `pytestmark` on its file);
-# - by the heavy fixtures a test uses, directly or through other fixtures (HEAVY_FIXTURES, SERVICE_FIXTURES), and
-#   by a service among its parameters (SERVICE_PARAMS), at collection;
+# - at collection, by the heavy fixtures a test uses, directly or through other fixtures (HEAVY_FIXTURES,
+#   SERVICE_FIXTURES), by a service among its parameters (SERVICE_PARAMS), and by the calls its source makes,
+#   itself or through functions of its module (HEAVY_CALLS: training a cell, running a sweep, starting a process);
 # - and a guard, so the policy cannot drift: an unmarked test whose set-up or body starts a process (subprocess,
 #   os.fork/exec/spawn/system, multiprocessing) or calls Lightning's Trainer.fit fails, naming what it did.
 # Unmarked tests that still took more than SLOW_CPU_S of CPU time are listed at the end of the run.
