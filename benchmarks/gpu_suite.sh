@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU performance suite: environment check, training throughput at the ViT-L-14 + LLaMA-7B shape (random bf16
-# weights, LoRA), 10-beam constrained decoding at LLaMA-7B shape on a 1M-document KB, and the real path end to
+# weights, LoRA), 10-beam constrained decoding at LLaMA-7B shape on a 1M-document KB, the harness's tax on a
+# training step and the beam search beside transformers' generate (issue #26), and the real path end to
 # end: make-world -> prepare -> `gemkr-lab train` (Lightning fit with checkpoints, region features on the
 # tower's device, decoding on the run's device after fit, scoring) at ViT-L-14 + LLaMA-7B shape (random
 # weights, the synthetic world's vocabulary). Writes JSON to $GEMKR_BENCH_RESULTS (default: $OUT on the device
@@ -36,9 +37,18 @@ if [ "$MODE" = "gpu" ]; then
       --batch 12 --warmup 3 --steps 10 --peak-tflops 989 --name gpu_train_bench
   OMP_NUM_THREADS=4 "$PY" benchmarks/decode_bench.py --shape llama-7b --device cuda --dtype bfloat16 \
       --docs 1000000 --queries 40 --name gpu_decode_bench
+  # issue #26: the harness's tax on a training step (tiny presets, Lightning fit vs a plain loop) and the
+  # project's beam search beside transformers' generate at LLaMA-7B shape
+  "$PY" benchmarks/train_bench.py --tax --device cuda --steps 20 --warmup 3 --repeats 2 --name gpu_train_tax
+  OMP_NUM_THREADS=4 "$PY" benchmarks/decode_bench.py --against-generate --shape llama-7b --device cuda \
+      --dtype bfloat16 --docs 1000000 --queries 20 --repeats 1 --name gpu_decode_bench_generate
 else
   OMP_NUM_THREADS=1 "$PY" benchmarks/train_bench.py --steps 3 --warmup 1 --name cpu_suite_train_bench
   OMP_NUM_THREADS=1 "$PY" benchmarks/decode_bench.py --docs 10000 --queries 4 --name cpu_suite_decode_bench
+  OMP_NUM_THREADS=1 "$PY" benchmarks/train_bench.py --tax --steps 4 --warmup 1 --repeats 1 --presets tiny-cpu/full \
+      --name cpu_suite_train_tax
+  OMP_NUM_THREADS=1 "$PY" benchmarks/decode_bench.py --against-generate --docs 10000 --queries 4 --repeats 1 \
+      --name cpu_suite_decode_bench_generate
 fi
 # the real path, as a user runs it
 REAL="$GEMKR_BENCH_RESULTS/real_path"
