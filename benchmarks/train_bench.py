@@ -164,6 +164,23 @@ def _plain_run(exp, tokenizer, steps: int, device: str = "cpu") -> tuple[list, f
     raise AssertionError("unreachable")
 
 
+_MODEL_CPU: list[float] = []
+"""CPU seconds of each `GeMKR.loss_terms` call while `--tax` runs (the model's forward, the same work both ways)."""
+
+
+def _time_model_forward() -> None:
+    """Wrap `GeMKR.loss_terms` (for both paths alike) to record its CPU time in `_MODEL_CPU`."""
+    original = GeMKR.loss_terms
+
+    def timed(self, batch):
+        started = time.process_time()
+        out = original(self, batch)
+        _MODEL_CPU.append(time.process_time() - started)
+        return out
+
+    GeMKR.loss_terms = timed
+
+
 PHASES = {
     "batch fetch and transfer": ("end", "start"),
     "forward (training_step and its hooks)": ("start", "backward"),
@@ -305,6 +322,7 @@ def harness_tax(args) -> None:
         harness, plain, ratios, totals, loads = [], [], [], {"harness": [], "plain": []}, []
         cpu = {"harness": [], "plain": [], "ratios": []}
         phases = {side: {name: [] for name in PHASES} for side in ("harness", "plain")}
+        model_cpu = {"harness": [], "plain": []}
         for rep in range(args.repeats):
             runs = {
                 "harness": lambda exp=exp: _harness_run(exp, tokenizer, work / "tax-run", args.steps, args.device),
@@ -313,7 +331,9 @@ def harness_tax(args) -> None:
             order = list(runs) if rep % 2 == 0 else list(runs)[::-1]  # ABBA: neither side always runs first
             ends = {}
             for side in order:
+                _MODEL_CPU.clear()
                 ends[side], total, marks = runs[side]()
+                model_cpu[side] += _MODEL_CPU[args.warmup + 1 :]
                 totals[side].append(total)
                 for name, values in _phases(marks, args.warmup).items():
                     phases[side][name] += values
@@ -355,6 +375,7 @@ def harness_tax(args) -> None:
             "cpu_ms_per_step_by_phase": {
                 side: {name: spread(v, 1000) for name, v in by.items() if v} for side, by in phases.items()
             },
+            "model_forward_cpu_ms": {side: spread(v, 1000) for side, v in model_cpu.items()},
             "harness_cpu_ms_per_step": spread(cpu["harness"], 1000),
             "plain_cpu_ms_per_step": spread(cpu["plain"], 1000),
             "cpu_ratio_of_median_step_times": float(np.median(cpu["harness"]) / np.median(cpu["plain"])),
@@ -362,6 +383,14 @@ def harness_tax(args) -> None:
             "run_seconds_incl_setup": {k: spread(v) for k, v in totals.items()},
             "load_average_per_pair": loads,
         }
+        # the harness's own cost, robust to the machine's drift: CPU time per step outside the model's forward and
+        # backward (the same work on both sides), harness minus plain, over the plain step
+        outside = {
+            side: float(np.median(cpu[side]) - np.median(model_cpu[side]) - np.median(phases[side]["backward"]))
+            for side in ("harness", "plain")
+        }
+        entry["cpu_ms_per_step_outside_model"] = {k: 1000 * v for k, v in outside.items()}
+        entry["tax_outside_model"] = 1 + (outside["harness"] - outside["plain"]) / float(np.median(cpu["plain"]))
         entry["batch_transfer_cpu_ms"] = _transfer_cost(exp, tokenizer)
         if args.profile:
             prof = {}
@@ -429,6 +458,15 @@ def _tax_markdown(result: dict) -> list[str]:
                     f"| {name} | {h['median']:.1f} [{h['p25']:.1f}-{h['p75']:.1f}] | {p['median']:.1f} "
                     f"[{p['p25']:.1f}-{p['p75']:.1f}] | {h['median'] - p['median']:+.1f} |"
                 )
+        mf, out = e["model_forward_cpu_ms"], e["cpu_ms_per_step_outside_model"]
+        md += [
+            "",
+            f"The model's forward (`GeMKR.loss_terms`, the same work both ways) takes {mf['harness']['median']:.1f} "
+            f"CPU ms a step in the harness and {mf['plain']['median']:.1f} in the plain loop. CPU time per step "
+            f"outside the model's forward and backward: harness {out['harness']:.1f} ms, plain {out['plain']:.1f} ms; "
+            f"the harness's own cost as a step-time ratio: **{e['tax_outside_model']:.3f}** (1 + (harness - plain "
+            "outside the model) / plain step; insensitive to the drift of the model's own speed between runs).",
+        ]
         tr = e["batch_transfer_cpu_ms"]
         md += [
             "",
@@ -506,6 +544,7 @@ def main() -> None:
     args = p.parse_args()
     if args.tax:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        _time_model_forward()
         if args.lightning_batch_transfer:
             import lightning as L
 
