@@ -558,6 +558,12 @@ def test_changed_yolo_weights_clear_the_region_cache(tmp_path, cli, tiny_world, 
     assert "regions  made" in _ok(_prepare(cli, world, out, *yolo))
     assert _labels(out / "regions") == {"weights-B"}
     assert not _debris(out)
+    renamed = tmp_path / "copied" / "yolov8x-renamed.pt"  # the same weights under another name: the cache stays
+    renamed.parent.mkdir()
+    renamed.write_bytes(weights.read_bytes())
+    assert "regions  skipped  inputs unchanged" in _ok(
+        _prepare(cli, world, out, "--detector", "yolo", "--yolo-weights", renamed)
+    )
 
 
 def _without(monkeypatch, *modules):

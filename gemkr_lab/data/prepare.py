@@ -50,6 +50,15 @@ def file_fingerprint(path: Path) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def content_fingerprint(path: Path) -> str:
+    """sha256 of one file's bytes alone: a copied or renamed file keeps it (e.g. YOLO weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(16 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
 STAMP = "prepare.json"
 DAMAGED = "the prepared folder is damaged; prepare it again with `gemkr-lab prepare ... --force`"
 """The fix named when a prepared file is not the JSON `prepare` wrote (deterministic: a sweep does not retry it)."""
@@ -171,7 +180,7 @@ class Preparer:
         detector = {"kind": self.config.detector, "max": self.config.max_objects}
         if self.config.detector == "yolo":
             detector |= {
-                "weights": file_fingerprint(Path(self.config.yolo_weights)),
+                "weights": content_fingerprint(Path(self.config.yolo_weights)),  # copies and renames keep the cache
                 "conf": self.config.detector_confidence,
                 "iou": self.config.detector_iou,
             }
