@@ -16,11 +16,20 @@ if TYPE_CHECKING:  # numpy and the index build (numba) load where texts are enco
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]  # ids 0..3: BOS 1 and EOS 2 as in LLaMA
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+"""A tokenizer folder holds at least one of these."""
+
+
 def load_tokenizer(path: str | Path) -> Any:
     """A Hugging Face tokenizer from a local directory (never downloaded)."""
     path = Path(path)
     if not path.is_dir():  # before transformers (and torch under it) load: a typo is answered at once
         raise FileNotFoundError(f"{path}: no such tokenizer directory (give a local Hugging Face tokenizer)")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):  # else transformers asks for sentencepiece
+        raise FileNotFoundError(
+            f"{path}: no tokenizer files in it (none of {', '.join(TOKENIZER_FILES)}); give the folder that holds the "
+            "LLM's tokenizer (a Hugging Face checkpoint folder has them beside config.json)"
+        )
     from transformers import AutoTokenizer
 
     try:

@@ -115,8 +115,9 @@ def _run_locked(
     config: ExperimentConfig, seed: int, out: Path, stamp: dict, tokenizer, overrides, intermediate=None
 ) -> dict:
     manifest = read_manifest(out)
-    if manifest and manifest.get("status") == "complete":
-        return read_metrics(out)["means"]
+    metrics = read_metrics(out) if manifest and manifest.get("status") == "complete" else None
+    if metrics is not None:
+        return metrics["means"]  # a complete run that lost its metrics.json decodes its checkpoint again
     earlier = earlier_train_seconds(manifest, out)
     write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
     write_text(out / "overrides.txt", "\n".join(overrides or []) + "\n")

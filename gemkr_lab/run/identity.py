@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gemkr_lab.config.checks import test_time_defaults
-from gemkr_lab.config.experiment import ConfigError, ExperimentConfig, to_dict
+from gemkr_lab.config.experiment import EXPERIMENTS_DIR, ConfigError, ExperimentConfig, to_dict
 
 MANIFEST = "manifest.json"
 
@@ -207,8 +207,19 @@ def find_run(target: str, seed: int, root: str | Path) -> Path:
     path = Path(target)
     if (path / "config.yaml").is_file():
         return path
+    if path.is_dir():  # a folder that is not a run (a cell's or seed's folder, a sweep root)
+        below = sorted(p.parent for p in path.glob("**/config.yaml"))[:3]
+        raise FileNotFoundError(
+            f"{path}: not a run directory (no config.yaml); "
+            + (f"runs below it: {', '.join(map(str, below))}" if below else "give <root>/<cell>/seed-<s>/<fingerprint>")
+        )
     runs = sorted(p for p in seed_dir(root, target, seed).glob("*/config.yaml"))
     if not runs:
+        if not (EXPERIMENTS_DIR / f"{target}.yaml").is_file() and not seed_dir(root, target, 0).parent.is_dir():
+            raise FileNotFoundError(  # a mistyped path, not a cell: training a "preset" of that name is no advice
+                f"{target}: neither a run directory nor a cell with runs under {root}; give a run directory "
+                "(<root>/<cell>/seed-<s>/<fingerprint>) or a cell such as tiny-cpu/full with --seed and --root"
+            )
         raise FileNotFoundError(
             f"{seed_dir(root, target, seed)}: no trained run of {target} seed {seed}; "
             f"run gemkr-lab train {target} --seed {seed} --root {root}"

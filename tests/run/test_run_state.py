@@ -1,6 +1,7 @@
 """#25: a run's state is exact. A run stopped while decoding says stopped (not running), a stop is not a failure,
 and every resume of a run stays in its manifest."""
 
+import json
 import os
 import signal
 
@@ -49,6 +50,9 @@ def test_a_run_stopped_while_decoding_says_stopped_and_counts_no_failure(tmp_pat
     run_cell(config, 0, tmp_path)  # the next attempt decodes the trained model and completes
     manifest = read_manifest(out)
     assert (manifest["status"], manifest["attempts"], manifest["failures"]) == ("complete", 2, 0)
+    means = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["means"]
+    (out / "metrics.json").unlink()  # a complete run that lost its metrics decodes its checkpoint again
+    assert run_cell(config, 0, tmp_path) == means and read_manifest(out)["status"] == "complete"
 
 
 def test_every_resume_stays_in_the_manifest(tiny_overrides):
@@ -83,3 +87,23 @@ def test_run_files_carry_a_format_and_an_unknown_one_is_refused_by_name(tmp_path
     (tmp_path / "metrics.json").write_text('{"means": {"R@5": 0.5', encoding="utf-8")  # cut short
     with pytest.raises(RunFormatError, match=r"metrics\.json: not valid JSON"):
         read_metrics(tmp_path)
+
+
+def test_advice_names_the_real_cause(tmp_path):
+    from gemkr_lab.kb.tokenize import load_tokenizer
+    from gemkr_lab.run.identity import find_run
+
+    (tmp_path / "empty-tokenizer").mkdir()
+    with pytest.raises(FileNotFoundError, match="no tokenizer files in it"):  # not "install sentencepiece"
+        load_tokenizer(tmp_path / "empty-tokenizer")
+    run = tmp_path / "runs" / "tiny-cpu__full" / "seed-0" / "abc123"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("{}\n", encoding="utf-8")
+    assert find_run(str(run), 0, tmp_path / "runs") == run
+    with pytest.raises(FileNotFoundError, match=f"not a run directory .*runs below it: {run}"):
+        find_run(str(run.parent), 0, tmp_path / "runs")  # the seed's folder, not the run
+    with pytest.raises(FileNotFoundError, match="neither a run directory nor a cell") as caught:
+        find_run("runs/tiny-cpu__fulll/seed-0", 0, tmp_path / "runs")  # a mistyped path
+    assert "gemkr-lab train" not in str(caught.value)  # no preset is named after a path
+    with pytest.raises(FileNotFoundError, match="run gemkr-lab train tiny-cpu/lora --seed 0"):
+        find_run("tiny-cpu/lora", 0, tmp_path / "runs")  # a real cell not trained yet
