@@ -163,14 +163,10 @@ def _texts(runs: list[Run], queries: list[dict]) -> dict[str, str]:
 
 def _judge(run: Run, queries: list[dict], texts: dict[str, str]) -> None:
     """Relevance flags of each ranked id, as the run's benchmark defines it; checked against metrics.json."""
-    from gemkr_lab.data.datasets import LAYOUTS
-    from gemkr_lab.metrics import AnswerRelevance, QrelsRelevance
+    from gemkr_lab.data.relevance import benchmark_relevance
 
-    layout = LAYOUTS[run.config.data.dataset]
-    if layout.relevance == "gold":
-        relevance = QrelsRelevance({q["qid"]: {p: 1 for p in q["gold"]} for q in queries})
-    else:
-        relevance = AnswerRelevance({q["qid"]: q["answers"] for q in queries}, texts, layout.match)
+    gold, answers = {q["qid"]: q["gold"] for q in queries}, {q["qid"]: q["answers"] for q in queries}
+    relevance = benchmark_relevance(run.config.data.dataset, gold, answers, texts)
     metrics_file = run.path / "metrics.json"
     per_query = json.loads(metrics_file.read_text(encoding="utf-8"))["per_query"] if metrics_file.is_file() else {}
     for qid, record in run.records.items():

@@ -92,21 +92,21 @@ def relevance_for(
     subset decoded on purpose; otherwise a query missing from the run counts as a miss). For answers, only the
     texts of the ranked documents are read (streaming the corpus once).
     """
-    from gemkr_lab.data.datasets import LAYOUTS, Dataset
-    from gemkr_lab.metrics import AnswerRelevance, QrelsRelevance
+    from gemkr_lab.data.datasets import Dataset
+    from gemkr_lab.data.relevance import benchmark_relevance, judged_by_answers, wanted_texts
     from gemkr_lab.metrics.relevance import texts_for
 
     path = Path(config.prepared) / split_file(split or config.split)
     rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x]
     if only_ranked:
         rows = [r for r in rows if r["qid"] in ranked]
-    layout = LAYOUTS[config.data.dataset]
-    if layout.relevance == "gold":
-        return QrelsRelevance({r["qid"]: {p: 1 for p in r["positives"]} for r in rows})
-    corpus = Dataset(config.data.dataset, config.data_root).corpus
-    wanted = {d for docs in ranked.values() for d in docs}
-    texts = texts_for(corpus, wanted, carriage_returns_to_spaces=config.data.carriage_returns_to_spaces)
-    return AnswerRelevance({r["qid"]: list(r["answers"]) for r in rows}, texts, layout.match)
+    texts = None
+    if judged_by_answers(config.data.dataset):
+        corpus = Dataset(config.data.dataset, config.data_root).corpus
+        crs = config.data.carriage_returns_to_spaces
+        texts = texts_for(corpus, wanted_texts(ranked.values()), carriage_returns_to_spaces=crs)
+    gold = {r["qid"]: r.get("positives", []) for r in rows}
+    return benchmark_relevance(config.data.dataset, gold, {r["qid"]: r.get("answers", []) for r in rows}, texts)
 
 
 INTERMEDIATE = "intermediate.json"
