@@ -734,9 +734,9 @@ TERMINATED = 128 + 15
 _STOPPABLE = frozenset({"index", "prepare", "make-world", "baseline", "score", "report"})
 """Verbs that SIGTERM stops through an exception, so that their staging folders and temporary files go at once.
 
-train/run-cell/evaluate/sweep keep SIGTERM as it is: Lightning turns it into a stop at the next step (the run is
-marked failed, resumable), and a sweep stops its runs itself. Whatever a SIGKILL leaves is removed by the next
-run of the same command (`gemkr_lab.io.clean_stale`).
+train/run-cell/evaluate/sweep keep SIGTERM as it is: Lightning turns it into a stop at the next step, decoding
+stops at once (`run.cell.RunStopped`; the run is marked stopped, resumable), and a sweep stops its runs itself.
+Whatever a SIGKILL leaves is removed by the next run of the same command (`gemkr_lab.io.clean_stale`).
 """
 
 

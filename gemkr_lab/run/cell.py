@@ -103,8 +103,8 @@ def run_cell(
         _train_beside_rank_zero(config, out, tokenizer)
         return {}
     out.mkdir(parents=True, exist_ok=True)
-    # One trainer per run directory: a second fails at once (exit 2), naming the holder; it would have nothing
-    # to do but wait and then find the run complete. A DDP rank > 0 is the holder's own child.
+    # One trainer per run directory: a second fails at once (train exits 2, run-cell 75), naming the holder; it
+    # would have nothing to do but wait and then find the run complete. A DDP rank > 0 is the holder's own child.
     rank = int(os.environ.get("LOCAL_RANK") or 0)
     held = lock(out / RUN_LOCK, what=f"run {out}", until_exit=lock_until_exit) if not rank else None
     with held or contextlib.nullcontext():
