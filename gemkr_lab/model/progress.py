@@ -47,20 +47,21 @@ class TrainingProgress(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """Collect the micro-batch's loss and size; after an optimizer step, write a line when one is due."""
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None:  # Lightning hands back the loss divided by the accumulation
-            self._losses.append(float(loss) * max(trainer.accumulate_grad_batches, 1))
+        if loss is not None:  # kept as a tensor: a float() here would sync the device every micro-batch
+            self._losses.append(loss.detach() if hasattr(loss, "detach") else loss)
         self._samples += _batch_size(batch) * max(trainer.world_size, 1)
         step = trainer.global_step
         if step == self._step_at_batch_start:
             return  # accumulating
         losses, self._losses = self._losses, []
-        exact = getattr(pl_module, "step_losses", None)  # the global token means, while `TrainingHistory` keeps them
-        if exact:
-            losses = [float(x) for x in exact]
         every = self.every_n_steps or max(trainer.log_every_n_steps, 1)
         last = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
         if not trainer.is_global_zero or not (step == self._start_step + 1 or step % every == 0 or step == last):
             return
+        exact = getattr(pl_module, "step_losses", None)  # the global token means, while `TrainingHistory` keeps them
+        # Lightning hands back the loss divided by the accumulation
+        scale = max(trainer.accumulate_grad_batches, 1)
+        losses = [float(x) for x in exact] if exact else [float(x) * scale for x in losses]
         elapsed = time.perf_counter() - self._started
         done = step - self._start_step
         lr = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else float("nan")
